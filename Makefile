@@ -1,0 +1,49 @@
+# Two commands for a fresh machine: `make train` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/cnn4.py
+DEBIAN_DATA := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: train test test-all lint format data venv clean
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Prepares Fashion-MNIST with tfds. Offline, tfds needs Debian's copy of the IDX files:
+# installed here with apt-get when running as root.
+data: venv
+	@if ! $(PY) -c "from fmnist_jax import input_pipeline as p; raise SystemExit(not p.is_prepared())" 2>/dev/null; then \
+	  if [ ! -f $(DEBIAN_DATA) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "Installing dataset-fashion-mnist with apt-get ..."; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	  fi; \
+	  $(PY) -m fmnist_jax.input_pipeline; \
+	fi
+
+train: data
+	$(PY) launch.py --config=$(CONFIG)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint data
+	$(PY) -m pytest -m "not slow" -q
+
+test-all: lint data
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

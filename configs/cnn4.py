@@ -1,0 +1,33 @@
+"""Seed 000's third CNN: conv 32/64/128/256 same, each BN, ReLU, pool; dense 128,
+dropout 0.3 -> 10; 423,946 parameters.
+
+Seed 000 reported 0.9156 at batch 128 (epochs not given).
+
+    python launch.py --config=configs/cnn4.py
+
+Measured here: MEASURED
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = default.get_config()
+    config.name = "cnn4"
+    config.model = ml_collections.ConfigDict(
+        {
+            "name": "cnn",
+            "conv_features": (32, 64, 128, 256),
+            "batch_norm": True,
+            "dense_features": (128,),
+            "dense_dropout": 0.3,
+        }
+    )
+    config.num_epochs = 15
+    config.batch_size = 128
+    config.schedule = "warmup_cosine"
+    config.warmup_epochs = 1.0
+    config.learning_rate = 0.002
+    return config

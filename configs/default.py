@@ -1,0 +1,42 @@
+"""Defaults shared by every config; each config in configs/ imports and overrides it.
+
+Not a model on its own: `model` is filled in by the model configs.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.name = "default"
+    config.model = ml_collections.ConfigDict({"name": "mlp", "hidden": (128,)})
+
+    # Data.
+    config.data_dir = config_dict.placeholder(str)  # None: tfds's own data dir.
+    config.validation_fraction = 0.1
+    config.split_seed = 0  # Seeds the train/validation carve, independent of `seed`.
+    config.normalize = True  # Pixels / 255; False keeps raw 0-255 (seed 001, model 1).
+    config.augment_flip = False  # Random horizontal flips of training images.
+
+    # Optimisation.
+    config.seed = 0
+    config.num_epochs = 10
+    config.batch_size = 128
+    config.eval_batch_size = 1000
+    config.optimizer = "adam"  # adam | adamw | sgd
+    config.learning_rate = 1e-3
+    config.adam_b1 = 0.9
+    config.adam_b2 = 0.999
+    config.adam_eps = 1e-7  # Keras's Adam epsilon.
+    config.weight_decay = 0.0  # Used by adamw only.
+    config.momentum = 0.9  # Used by sgd only.
+    config.nesterov = False  # Used by sgd only.
+    config.label_smoothing = 0.0
+
+    # Learning-rate schedule: constant | exponential | cosine | warmup_cosine | one_cycle.
+    config.schedule = "constant"
+    config.warmup_epochs = 0.0  # warmup_cosine: linear warmup; one_cycle: rising phase.
+    config.final_lr_fraction = 0.0  # cosine, warmup_cosine: final rate / peak rate.
+    config.epochs_per_decade = 20.0  # exponential: rate x10 every this many epochs (<0 decays).
+    return config

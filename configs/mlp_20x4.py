@@ -1,0 +1,22 @@
+"""Seed 001 model 6: dense 20 x4 -> 10; 17,170 parameters.
+
+Seed 001 reported 0.87 after 50 epochs at batch 32.
+
+    python launch.py --config=configs/mlp_20x4.py
+
+Measured here: MEASURED
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = default.get_config()
+    config.name = "mlp_20x4"
+    config.model = ml_collections.ConfigDict({"name": "mlp", "hidden": (20, 20, 20, 20)})
+    config.num_epochs = 20
+    config.batch_size = 32
+    config.schedule = "cosine"
+    return config

@@ -1,0 +1,84 @@
+"""Checks a config before anything is loaded or compiled."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+
+from fmnist_jax import models
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "exponential", "cosine", "warmup_cosine", "one_cycle")
+
+
+class ConfigError(ValueError):
+    """A config field holds a value the library cannot use; the message names it."""
+
+
+def _as_tuple(value: Any) -> Sequence[Any]:
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the first field whose value is unusable."""
+
+    def need(ok: bool, field: str, why: str) -> None:
+        if not ok:
+            value = config
+            for part in field.split("."):
+                value = value[part]
+            raise ConfigError(f"config.{field}={value!r}: {why}")
+
+    m = config.model
+    need(m.name in models.MODELS, "model.name", f"unknown model, expected one of {models.MODELS}")
+    need(
+        m.get("activation", "relu") in models.ACTIVATIONS,
+        "model.activation",
+        f"unknown activation, expected one of {tuple(models.ACTIVATIONS)}",
+    )
+    if m.name == "mlp":
+        need(all(int(w) >= 1 for w in m.hidden), "model.hidden", "widths must be >= 1")
+        rate_fields = ["dropout"]
+    else:
+        need(len(m.conv_features) >= 1, "model.conv_features", "needs at least one conv block")
+        need(all(int(f) >= 1 for f in m.conv_features), "model.conv_features", "must be >= 1")
+        need(
+            all(int(k) >= 1 for k in _as_tuple(m.get("kernel_size", 3))),
+            "model.kernel_size",
+            "must be >= 1",
+        )
+        need(
+            all(str(p).upper() in models.PADDINGS for p in _as_tuple(m.get("padding", "SAME"))),
+            "model.padding",
+            f"expected one of {models.PADDINGS}",
+        )
+        rate_fields = ["conv_dropout", "dense_dropout"]
+    for f in rate_fields:
+        if f in m:
+            need(all(0.0 <= float(r) < 1.0 for r in _as_tuple(m[f])), f"model.{f}", "rates must be in [0, 1)")
+
+    need(config.optimizer in OPTIMIZERS, "optimizer", f"unknown optimizer, expected one of {OPTIMIZERS}")
+    need(config.schedule in SCHEDULES, "schedule", f"unknown schedule, expected one of {SCHEDULES}")
+    need(config.batch_size >= 1, "batch_size", "must be >= 1")
+    need(config.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
+    need(config.num_epochs >= 1, "num_epochs", "must be >= 1")
+    need(config.learning_rate > 0, "learning_rate", "must be > 0")
+    need(0.0 < config.validation_fraction < 1.0, "validation_fraction", "must be in (0, 1)")
+    need(config.weight_decay >= 0, "weight_decay", "must be >= 0")
+    need(0.0 <= config.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
+    need(config.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
+    need(0.0 <= config.final_lr_fraction <= 1.0, "final_lr_fraction", "must be in [0, 1]")
+    need(config.epochs_per_decade != 0, "epochs_per_decade", "must not be 0")
+    if config.schedule == "warmup_cosine":
+        need(config.warmup_epochs < config.num_epochs, "warmup_epochs", "must be < num_epochs")
+    if config.schedule == "one_cycle":
+        need(
+            0 < config.warmup_epochs < config.num_epochs,
+            "warmup_epochs",
+            "one_cycle needs 0 < warmup_epochs < num_epochs (its rising phase)",
+        )
+    # 60,000 train examples less validation: a batch larger than that never runs.
+    num_train = round(60_000 * (1 - config.validation_fraction))
+    need(config.batch_size <= num_train, "batch_size", f"exceeds the {num_train} training examples")

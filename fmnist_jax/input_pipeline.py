@@ -1,0 +1,224 @@
+"""Fashion-MNIST through tensorflow-datasets, held in memory as uint8 numpy arrays.
+
+The dataset comes from tfds's own `fashion_mnist` builder. Offline, it is prepared
+from the four IDX files of the Debian package `dataset-fashion-mnist`: Debian
+rewrote their 10-byte gzip headers, so the upstream headers are restored before
+tfds checks size and sha256 against its registered checksums.
+
+Run `python -m fmnist_jax.input_pipeline [--data_dir=DIR]` to prepare it ahead
+of training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import struct
+import sys
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+IDX_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+# Upstream gzip modification times (the header Debian rewrote).
+_UPSTREAM_MTIME = {"train": 1504176606, "t10k": 1504176627}
+NUM_TRAIN = 60_000
+NUM_TEST = 10_000
+HOW_TO_GET = (
+    "Fashion-MNIST is not prepared and could not be prepared here. Either\n"
+    "  * install the Debian package:  sudo apt-get install dataset-fashion-mnist\n"
+    "    (then `make data` or `python -m fmnist_jax.input_pipeline` prepares it), or\n"
+    "  * give this machine internet access so tensorflow-datasets can download it."
+)
+
+
+class DatasetNotFoundError(RuntimeError):
+    """Fashion-MNIST is neither prepared nor preparable on this machine."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One split in memory: images (N, 28, 28, 1) uint8, labels (N,) int32.
+
+    `index` holds each example's position in tfds's `train` (or `test`) split, so
+    that disjointness and provenance of carved splits can be checked.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    index: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def restore_upstream_gzip(src: str, dst: str) -> None:
+    """Copies a Debian-shipped IDX .gz to `dst` with its upstream gzip header.
+
+    Debian dropped the FNAME field and changed mtime; the compressed body and
+    CRC are untouched, so restoring the header reproduces the upstream bytes.
+    """
+    name = os.path.basename(src)
+    with open(src, "rb") as f:
+        data = f.read()
+    if data[:3] != b"\x1f\x8b\x08":
+        raise ValueError(f"{src} is not a gzip file")
+    flags = data[3]
+    if flags & 0x08:  # FNAME already present: nothing to restore.
+        shutil.copyfile(src, dst)
+        return
+    if flags != 0:
+        raise ValueError(f"{src}: unexpected gzip flags {flags:#x}")
+    mtime = _UPSTREAM_MTIME[name.split("-")[0]]
+    header = b"\x1f\x8b\x08\x08" + struct.pack("<I", mtime) + data[8:10]
+    with open(dst, "wb") as f:
+        f.write(header + name[: -len(".gz")].encode() + b"\0" + data[10:])
+
+
+def _builder(data_dir: str | None) -> Any:
+    import tensorflow_datasets as tfds
+
+    return tfds.builder("fashion_mnist", data_dir=data_dir)
+
+
+def is_prepared(data_dir: str | None = None) -> bool:
+    """Whether tfds's fashion_mnist is already prepared in `data_dir`."""
+    return bool(_builder(data_dir).is_prepared())
+
+
+def prepare(data_dir: str | None = None, debian_dir: str = DEBIAN_DIR) -> str:
+    """Prepares Fashion-MNIST with tfds if needed; returns where it lives.
+
+    Uses the Debian IDX files when they are installed (no network needed),
+    otherwise lets tfds download. Raises DatasetNotFoundError if neither works.
+    """
+    import tensorflow_datasets as tfds
+
+    builder = _builder(data_dir)
+    if builder.is_prepared():
+        return str(builder.data_dir)
+    if all(os.path.exists(os.path.join(debian_dir, f)) for f in IDX_FILES):
+        print(f"Preparing Fashion-MNIST with tfds from {debian_dir} ...", file=sys.stderr)
+        with tempfile.TemporaryDirectory() as manual_dir:
+            for f in IDX_FILES:
+                restore_upstream_gzip(os.path.join(debian_dir, f), os.path.join(manual_dir, f))
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
+            )
+    else:
+        print("Downloading Fashion-MNIST with tfds ...", file=sys.stderr)
+        try:
+            builder.download_and_prepare()
+        except Exception as e:  # Any network or checksum failure: say how to fix it.
+            raise DatasetNotFoundError(f"{HOW_TO_GET}\n(tfds said: {e})") from e
+    return str(builder.data_dir)
+
+
+def _load_tfds_split(split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+    import tensorflow_datasets as tfds
+
+    ds = tfds.as_numpy(
+        tfds.load("fashion_mnist", split=split, data_dir=data_dir, batch_size=-1, download=False)
+    )
+    return np.asarray(ds["image"], np.uint8), np.asarray(ds["label"], np.int32)
+
+
+def carve_validation(
+    num_examples: int, validation_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of range(num_examples) into (train_index, validation_index)."""
+    num_val = round(num_examples * validation_fraction)
+    if not 0 < num_val < num_examples:
+        raise ValueError(
+            f"validation_fraction={validation_fraction} leaves {num_val} of "
+            f"{num_examples} examples for validation"
+        )
+    perm = np.random.default_rng(seed).permutation(num_examples)
+    return np.sort(perm[num_val:]), np.sort(perm[:num_val])
+
+
+def load_splits(
+    data_dir: str | None = None,
+    validation_fraction: float = 0.1,
+    split_seed: int = 0,
+    prepare_if_missing: bool = True,
+) -> dict[str, Split]:
+    """Loads train, validation and test into memory (each once), uint8.
+
+    Validation is carved from tfds's train split with a seeded permutation;
+    test is tfds's test split, untouched.
+    """
+    if not is_prepared(data_dir):
+        if not prepare_if_missing:
+            raise DatasetNotFoundError(HOW_TO_GET)
+        prepare(data_dir)
+    train_images, train_labels = _load_tfds_split("train", data_dir)
+    test_images, test_labels = _load_tfds_split("test", data_dir)
+    train_idx, val_idx = carve_validation(len(train_labels), validation_fraction, split_seed)
+    return {
+        "train": Split(train_images[train_idx], train_labels[train_idx], train_idx),
+        "validation": Split(train_images[val_idx], train_labels[val_idx], val_idx),
+        "test": Split(test_images, test_labels, np.arange(len(test_labels))),
+    }
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+    """The seeded permutation of training examples for one epoch."""
+    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def train_batches(
+    split: Split, batch_size: int, seed: int, epoch: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Shuffled full batches of one epoch; the last partial batch is dropped."""
+    order = epoch_order(len(split), seed, epoch)
+    for start in range(0, len(order) - batch_size + 1, batch_size):
+        idx = order[start : start + batch_size]
+        yield split.images[idx], split.labels[idx]
+
+
+def eval_batches(split: Split, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Batches in order covering every example once; the last is zero-padded.
+
+    Yields (images, labels, mask) where mask is 1.0 for real examples.
+    """
+    n = len(split)
+    for start in range(0, n, batch_size):
+        images = split.images[start : start + batch_size]
+        labels = split.labels[start : start + batch_size]
+        mask = np.ones(len(labels), np.float32)
+        pad = batch_size - len(labels)
+        if pad:
+            images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+            labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
+            mask = np.concatenate([mask, np.zeros(pad, np.float32)])
+        yield images, labels, mask
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: prepare the dataset (into --data_dir, default tfds's own)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_dir", default=None)
+    args = parser.parse_args(argv)
+    try:
+        where = prepare(args.data_dir)
+    except DatasetNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"Fashion-MNIST is prepared in {where}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Pure flax.linen networks whose shape comes entirely from config fields.
+
+Every seed model is an `MLP` or a `CNN` with different fields; see configs/.
+Initialisation and batch-norm constants follow Keras's defaults (Glorot-uniform
+kernels, zero biases, BN momentum 0.99 and epsilon 1e-3), so parameter counts
+(params + batch_stats) equal the Keras models' exactly. Models output logits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu,
+    "gelu": nn.gelu,
+    "tanh": jnp.tanh,
+    "sigmoid": nn.sigmoid,
+    "elu": nn.elu,
+    "swish": nn.swish,
+}
+MODELS = ("mlp", "cnn")
+PADDINGS = ("SAME", "VALID")
+
+_kernel_init = nn.initializers.glorot_uniform()
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max pooling, stride 2, flooring odd sizes (as Keras's MaxPooling2D).
+
+    Written as reshape + max: under XLA:CPU its gradient is far cheaper than
+    `nn.max_pool`'s select-and-scatter, with the same forward values.
+    """
+    n, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2, :]
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def _per_layer(value: Any, count: int, name: str) -> tuple[Any, ...]:
+    """Broadcasts a scalar field to `count` layers, or checks a sequence's length."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != count:
+            raise ValueError(f"model.{name} has {len(value)} entries for {count} layers")
+        return tuple(value)
+    return (value,) * count
+
+
+class MLP(nn.Module):
+    """Flatten, then Dense + activation (+ dropout) per hidden width, then Dense logits."""
+
+    hidden: Sequence[int]
+    num_classes: int = 10
+    activation: str = "relu"
+    dropout: float | Sequence[float] = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        act = ACTIVATIONS[self.activation]
+        rates = _per_layer(self.dropout, len(self.hidden), "dropout")
+        x = x.reshape((x.shape[0], -1))
+        for width, rate in zip(self.hidden, rates, strict=True):
+            x = act(nn.Dense(width, kernel_init=_kernel_init)(x))
+            if rate:
+                x = nn.Dropout(rate, deterministic=not train)(x)
+        return nn.Dense(self.num_classes, kernel_init=_kernel_init)(x)
+
+
+class CNN(nn.Module):
+    """Conv blocks (conv [+BN] + activation [+2x2 max pool] [+dropout]), then dense head.
+
+    Per-block fields (`kernel_size`, `padding`, `conv_dropout`) take either one
+    value for all blocks or a sequence with one value per block.
+    """
+
+    conv_features: Sequence[int]
+    dense_features: Sequence[int] = ()
+    num_classes: int = 10
+    kernel_size: int | Sequence[int] = 3
+    padding: str | Sequence[str] = "SAME"
+    batch_norm: bool = False
+    pool: bool = True
+    conv_dropout: float | Sequence[float] = 0.0
+    dense_dropout: float | Sequence[float] = 0.0
+    activation: str = "relu"
+    bn_momentum: float = 0.99
+    bn_epsilon: float = 1e-3
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        act = ACTIVATIONS[self.activation]
+        n_conv = len(self.conv_features)
+        kernels = _per_layer(self.kernel_size, n_conv, "kernel_size")
+        paddings = _per_layer(self.padding, n_conv, "padding")
+        conv_rates = _per_layer(self.conv_dropout, n_conv, "conv_dropout")
+        dense_rates = _per_layer(self.dense_dropout, len(self.dense_features), "dense_dropout")
+        for feats, k, pad, rate in zip(self.conv_features, kernels, paddings, conv_rates, strict=True):
+            x = nn.Conv(feats, (k, k), padding=pad.upper(), kernel_init=_kernel_init)(x)
+            if self.batch_norm:
+                x = nn.BatchNorm(
+                    use_running_average=not train,
+                    momentum=self.bn_momentum,
+                    epsilon=self.bn_epsilon,
+                )(x)
+            x = act(x)
+            if self.pool:
+                x = max_pool_2x2(x)
+            if rate:
+                x = nn.Dropout(rate, deterministic=not train)(x)
+        x = x.reshape((x.shape[0], -1))
+        for width, rate in zip(self.dense_features, dense_rates, strict=True):
+            x = act(nn.Dense(width, kernel_init=_kernel_init)(x))
+            if rate:
+                x = nn.Dropout(rate, deterministic=not train)(x)
+        return nn.Dense(self.num_classes, kernel_init=_kernel_init)(x)
+
+
+def create_model(model_config: ml_collections.ConfigDict, num_classes: int = 10) -> nn.Module:
+    """Builds the network that `config.model` describes."""
+    fields = dict(model_config)
+    name = fields.pop("name")
+    if name == "mlp":
+        return MLP(num_classes=num_classes, **fields)
+    if name == "cnn":
+        return CNN(num_classes=num_classes, **fields)
+    raise ValueError(f"model.name={name!r} is not one of {MODELS}")
+
+
+def init_variables(model: nn.Module, rng: jax.Array, image_shape: Sequence[int] = (28, 28, 1)) -> Any:
+    """Initial variables ({'params': ..., maybe 'batch_stats': ...}) for one image shape."""
+    return model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+
+
+def count_parameters(variables: Any) -> int:
+    """Total number of scalars in params and batch_stats (what Keras counts).
+
+    Works on arrays and on `jax.eval_shape` outputs alike.
+    """
+    return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(variables))

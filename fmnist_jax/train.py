@@ -1,0 +1,385 @@
+"""Train state, optimizer, jitted train/eval steps and the training loop."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training import train_state
+
+from fmnist_jax import CLASS_NAMES, NUM_CLASSES, input_pipeline, models
+from fmnist_jax.configuration import validate_config
+
+Metrics = dict[str, jax.Array]
+
+
+class TrainState(train_state.TrainState):
+    """Params and optimizer state (from flax) plus batch-norm statistics."""
+
+    batch_stats: Any = None
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+    """The schedule `config.schedule` names, in optimizer steps."""
+    lr = config.learning_rate
+    total = config.num_epochs * steps_per_epoch
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+    if config.schedule == "constant":
+        return optax.constant_schedule(lr)
+    if config.schedule == "exponential":
+        # lr * 10**(epoch / epochs_per_decade), changing once per epoch (seed 001, model 3).
+        def exponential(step: jax.Array) -> jax.Array:
+            epoch = jnp.floor_divide(step, steps_per_epoch)
+            return lr * 10.0 ** (epoch / config.epochs_per_decade)
+
+        return exponential
+    if config.schedule == "cosine":
+        return optax.cosine_decay_schedule(lr, total, alpha=config.final_lr_fraction)
+    if config.schedule == "warmup_cosine":
+        return optax.warmup_cosine_decay_schedule(
+            0.0, lr, warmup, total, end_value=lr * config.final_lr_fraction
+        )
+    if config.schedule == "one_cycle":
+        return optax.cosine_onecycle_schedule(total, lr, pct_start=warmup / total)
+    raise ValueError(f"config.schedule={config.schedule!r} is unknown")
+
+
+def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
+    """Adam (default), AdamW or SGD with momentum, driven by the configured schedule."""
+    schedule = learning_rate_schedule(config, steps_per_epoch)
+    if config.optimizer == "adam":
+        return optax.adam(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+    if config.optimizer == "adamw":
+        return optax.adamw(
+            schedule,
+            b1=config.adam_b1,
+            b2=config.adam_b2,
+            eps=config.adam_eps,
+            weight_decay=config.weight_decay,
+        )
+    if config.optimizer == "sgd":
+        return optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov)
+    raise ValueError(f"config.optimizer={config.optimizer!r} is unknown")
+
+
+def create_train_state(
+    config: ml_collections.ConfigDict, rng: jax.Array, steps_per_epoch: int
+) -> tuple[nn.Module, TrainState]:
+    """The model and its initial TrainState, initialised from `rng`."""
+    model = models.create_model(config.model, NUM_CLASSES)
+    variables = models.init_variables(model, rng)
+    state = TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        tx=create_optimizer(config, steps_per_epoch),
+        batch_stats=variables.get("batch_stats", {}),
+    )
+    return model, state
+
+
+def preprocess(images: jax.Array, normalize: bool) -> jax.Array:
+    """uint8 images -> float32, scaled to [0, 1] when `normalize`."""
+    x = images.astype(jnp.float32)
+    return x / 255.0 if normalize else x
+
+
+def _variables(state: TrainState, params: Any) -> dict[str, Any]:
+    if state.batch_stats:
+        return {"params": params, "batch_stats": state.batch_stats}
+    return {"params": params}
+
+
+def train_step(
+    state: TrainState,
+    batch: tuple[jax.Array, jax.Array],
+    rng: jax.Array,
+    *,
+    normalize: bool = True,
+    augment_flip: bool = False,
+    label_smoothing: float = 0.0,
+) -> tuple[TrainState, Metrics]:
+    """One optimizer step on a batch of (uint8 images, int labels).
+
+    Dropout and augmentation draw from `rng` folded with the step number, so a
+    step's randomness depends only on (rng, step).
+    """
+    images, labels = batch
+    step_rng = jax.random.fold_in(rng, state.step)
+    dropout_rng, flip_rng = jax.random.split(step_rng)
+    x = preprocess(images, normalize)
+    if augment_flip:
+        flip = jax.random.bernoulli(flip_rng, 0.5, (x.shape[0], 1, 1, 1))
+        x = jnp.where(flip, x[:, :, ::-1, :], x)
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, NUM_CLASSES), label_smoothing)
+
+    def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
+        logits, updates = state.apply_fn(
+            _variables(state, params),
+            x,
+            train=True,
+            rngs={"dropout": dropout_rng},
+            mutable=["batch_stats"],
+        )
+        loss = optax.softmax_cross_entropy(logits, targets).mean()
+        return loss, (logits, updates)
+
+    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+    return state, {"loss": loss, "accuracy": accuracy}
+
+
+def eval_step(
+    state: TrainState,
+    batch: tuple[jax.Array, jax.Array, jax.Array],
+    *,
+    normalize: bool = True,
+) -> Metrics:
+    """Summed loss and the confusion matrix of one padded batch; mask 0 marks padding."""
+    images, labels, mask = batch
+    logits = state.apply_fn(_variables(state, state.params), preprocess(images, normalize), train=False)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    predicted = jnp.argmax(logits, -1)
+    confusion = jnp.einsum(
+        "n,ni,nj->ij",
+        mask,
+        jax.nn.one_hot(labels, NUM_CLASSES),
+        jax.nn.one_hot(predicted, NUM_CLASSES),
+    )
+    return {"loss_sum": jnp.sum(loss * mask), "confusion": confusion}
+
+
+def summarize_eval(loss_sum: float, confusion: np.ndarray) -> dict[str, Any]:
+    """Loss, accuracy, per-class accuracy and the confusion matrix (rows: true class)."""
+    confusion = np.asarray(confusion).round().astype(np.int64)
+    count = int(confusion.sum())
+    per_class = np.diag(confusion) / np.maximum(confusion.sum(axis=1), 1)
+    return {
+        "loss": float(loss_sum) / count,
+        "accuracy": float(np.trace(confusion)) / count,
+        "count": count,
+        "per_class_accuracy": {name: float(a) for name, a in zip(CLASS_NAMES, per_class, strict=True)},
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def evaluate(
+    eval_fn: Callable[..., Metrics], state: TrainState, split: input_pipeline.Split, batch_size: int
+) -> dict[str, Any]:
+    """Evaluates every example of `split` exactly once."""
+    loss_sum = jnp.zeros(())
+    confusion = jnp.zeros((NUM_CLASSES, NUM_CLASSES))
+    for batch in input_pipeline.eval_batches(split, batch_size):
+        out = eval_fn(state, batch)
+        loss_sum += out["loss_sum"]
+        confusion += out["confusion"]
+    return summarize_eval(float(loss_sum), np.asarray(confusion))
+
+
+def machine_description() -> str:
+    """A short description of the JAX devices and host this runs on."""
+    devices = jax.devices()
+    kind = devices[0].device_kind
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{len(devices)}x {kind} ({jax.default_backend()}), host {cpu}, {os.cpu_count()} cores"
+
+
+class ProgressBar:
+    """A one-line progress bar with ETA, drawn only on an interactive terminal."""
+
+    def __init__(self, total: int, stream: Any = sys.stderr, enabled: bool | None = None):
+        self.total = total
+        self.stream = stream
+        self.enabled = stream.isatty() if enabled is None else enabled
+        self.start = time.perf_counter()
+        self.every = max(1, total // 50)
+
+    def update(self, done: int, sync: Any = None) -> None:
+        if not self.enabled or (done % self.every and done != self.total):
+            return
+        if sync is not None:
+            jax.block_until_ready(sync)  # So the ETA reflects finished work.
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / done * (self.total - done)
+        filled = int(30 * done / self.total)
+        self.stream.write(f"\r  [{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total} ETA {eta:5.1f}s")
+        if done == self.total:
+            self.stream.write("\r" + " " * 70 + "\r")
+        self.stream.flush()
+
+
+class MetricsLog:
+    """Writes per-epoch scalars to TensorBoard (clu) and to `metrics.jsonl`."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled
+        if not enabled:
+            return
+        from clu import metric_writers
+
+        self.writer = metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115 (closed in close())
+
+    def write(self, step: int, scalars: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        self.writer.write_scalars(step, dict(scalars))
+        self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+        self.jsonl.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.writer.close()
+            self.jsonl.close()
+
+
+def _write_json(path: str, payload: Any) -> None:
+    """Writes JSON atomically: a reader never sees a half-written file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _mean_metrics(history: Iterable[Metrics]) -> dict[str, float]:
+    stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *history)
+    return {k: float(jnp.mean(v)) for k, v in stacked.items()}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains `config` for `config.num_epochs`, then evaluates test once.
+
+    Writes TensorBoard scalars, `metrics.jsonl` and `results.json` in `workdir`
+    and returns the results dict.
+    """
+    validate_config(config)
+    t_launch = time.perf_counter()
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    say: Callable[[str], None] = functools.partial(print, flush=True) if is_main else (lambda s: None)
+
+    splits = input_pipeline.load_splits(config.data_dir, config.validation_fraction, config.split_seed)
+    train_split, val_split, test_split = splits["train"], splits["validation"], splits["test"]
+    steps_per_epoch = len(train_split) // config.batch_size
+    rng = jax.random.PRNGKey(config.seed)
+    init_rng, train_rng = jax.random.split(rng)
+    _, state = create_train_state(config, init_rng, steps_per_epoch)
+    num_params = models.count_parameters({"params": state.params, "batch_stats": state.batch_stats})
+    say(
+        f"{config.name}: {num_params:,} parameters; train {len(train_split)}, validation "
+        f"{len(val_split)}, test {len(test_split)}; {steps_per_epoch} steps/epoch of "
+        f"{config.batch_size}; {machine_description()}"
+    )
+
+    jitted_step = jax.jit(
+        functools.partial(
+            train_step,
+            normalize=config.normalize,
+            augment_flip=config.augment_flip,
+            label_smoothing=config.label_smoothing,
+        ),
+        donate_argnums=0,
+    )
+    eval_fn = jax.jit(functools.partial(eval_step, normalize=config.normalize))
+
+    # Compile before the clock starts so images/s measure steady state.
+    t0 = time.perf_counter()
+    shape = train_split.images.shape[1:]
+    step_fn = jitted_step.lower(
+        state,
+        (
+            jax.ShapeDtypeStruct((config.batch_size, *shape), jnp.uint8),
+            jax.ShapeDtypeStruct((config.batch_size,), jnp.int32),
+        ),
+        train_rng,
+    ).compile()
+    compile_seconds = time.perf_counter() - t0
+    say(
+        f"compiled the train step in {compile_seconds:.1f}s; first step {time.perf_counter() - t_launch:.1f}s after start"
+    )
+
+    log = MetricsLog(workdir, enabled=is_main)
+    schedule = learning_rate_schedule(config, steps_per_epoch)
+    train_seconds = 0.0
+    epoch_records = []
+    for epoch in range(1, config.num_epochs + 1):
+        bar = ProgressBar(steps_per_epoch, enabled=None if is_main else False)
+        t0 = time.perf_counter()
+        history = []
+        for i, batch in enumerate(
+            input_pipeline.train_batches(train_split, config.batch_size, config.seed, epoch), 1
+        ):
+            state, metrics = step_fn(state, batch, train_rng)
+            history.append(metrics)
+            bar.update(i, sync=metrics)
+        train_metrics = _mean_metrics(history)  # Blocks until the epoch is done.
+        epoch_seconds = time.perf_counter() - t0
+        train_seconds += epoch_seconds
+        val = evaluate(eval_fn, state, val_split, config.eval_batch_size)
+        record = {
+            "epoch": epoch,
+            "train_loss": train_metrics["loss"],
+            "train_accuracy": train_metrics["accuracy"],
+            "validation_loss": val["loss"],
+            "validation_accuracy": val["accuracy"],
+            "learning_rate": float(schedule(int(state.step) - 1)),
+            "images_per_second": steps_per_epoch * config.batch_size / epoch_seconds,
+            "epoch_seconds": epoch_seconds,
+        }
+        epoch_records.append(record)
+        log.write(int(state.step), record)
+        if not math.isfinite(record["train_loss"]):
+            log.close()
+            raise FloatingPointError(f"train loss is {record['train_loss']} in epoch {epoch}; stopping")
+        say(
+            f"epoch {epoch:3d}/{config.num_epochs}  train loss {record['train_loss']:.4f} "
+            f"acc {record['train_accuracy']:.4f}  val loss {val['loss']:.4f} acc {val['accuracy']:.4f}  "
+            f"{record['images_per_second']:,.0f} img/s  {epoch_seconds:.1f}s"
+        )
+    log.close()
+
+    test = evaluate(eval_fn, state, test_split, config.eval_batch_size)
+    results = {
+        "config": config.name,
+        "num_params": num_params,
+        "num_epochs": config.num_epochs,
+        "batch_size": config.batch_size,
+        "steps": int(state.step),
+        "test": test,
+        "validation": {
+            "loss": epoch_records[-1]["validation_loss"],
+            "accuracy": epoch_records[-1]["validation_accuracy"],
+        },
+        "compile_seconds": compile_seconds,
+        "train_seconds": train_seconds,
+        "wall_seconds": time.perf_counter() - t_launch,
+        "machine": machine_description(),
+        "jax_version": jax.__version__,
+        "config_json": json.loads(config.to_json()),
+    }
+    if is_main:
+        _write_json(os.path.join(workdir, "results.json"), results)
+    say(
+        f"test loss {test['loss']:.4f}  test accuracy {test['accuracy']:.4f}  "
+        f"({results['wall_seconds']:.0f}s wall, {train_seconds:.0f}s training)"
+    )
+    return results

@@ -1,0 +1,46 @@
+"""Entry point: parses flags and hands over to the library (fmnist_jax.train).
+
+    python launch.py --config=configs/cnn4.py [--workdir=runs/cnn4] [--config.num_epochs=3]
+
+All logic lives in importable, tested library code; this file only parses flags.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from fmnist_jax import configuration, input_pipeline
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/cnn4.py; fields overridable as --config.FIELD=VALUE."
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: runs/<config name>).")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    try:
+        configuration.validate_config(config)
+    except configuration.ConfigError as e:
+        sys.exit(f"error: {e}")
+    name = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])))[0]
+    workdir = _WORKDIR.value or os.path.join("runs", name)
+
+    from fmnist_jax import train  # Imported late: flag errors stay fast.
+
+    try:
+        train.train_and_evaluate(config, workdir)
+    except input_pipeline.DatasetNotFoundError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    flags.FLAGS.set_default("verbosity", -1)  # absl: WARNING and above; --verbosity=0 for INFO.
+    app.run(main)

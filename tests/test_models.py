@@ -1,0 +1,90 @@
+import importlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fmnist_jax import models
+
+# What Keras's count_params() gives for each seed model as written (BN counts 4 per channel).
+KERAS_PARAMS = {
+    "mlp_4x2": 3_210,
+    "mlp_20x3": 16_750,
+    "mlp_20x4": 17_170,
+    "mlp_256": 203_530,
+    "mlp_128": 101_770,
+    "cnn2_2x2": 302_026,
+    "cnn2_64": 243_786,
+    "cnn2_dropout": 225_034,
+    "cnn3_wide": 668_042,
+    "cnn3": 242_442,
+    "cnn4": 423_946,
+}
+
+
+def load_config(name):
+    return importlib.import_module(f"configs.{name}").get_config()
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_PARAMS))
+def test_parameter_count_equals_keras(name):
+    model = models.create_model(load_config(name).model)
+    variables = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0)))
+    assert models.count_parameters(variables) == KERAS_PARAMS[name]
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_PARAMS))
+def test_logits_shape_and_dtype(name):
+    model = models.create_model(load_config(name).model)
+    variables = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0)))
+    x = jax.ShapeDtypeStruct((3, 28, 28, 1), jnp.float32)
+    out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+    assert out.shape == (3, 10)
+    assert out.dtype == jnp.float32
+
+
+def test_batch_stats_only_with_batch_norm():
+    with_bn = jax.eval_shape(
+        lambda: models.init_variables(models.create_model(load_config("cnn4").model), jax.random.PRNGKey(0))
+    )
+    without = jax.eval_shape(
+        lambda: models.init_variables(
+            models.create_model(load_config("cnn2_64").model), jax.random.PRNGKey(0)
+        )
+    )
+    # 4 BN layers of 32/64/128/256 channels: mean and var each.
+    assert models.count_parameters(with_bn["batch_stats"]) == 2 * (32 + 64 + 128 + 256)
+    assert "batch_stats" not in without
+
+
+@pytest.mark.parametrize("size", [28, 13, 7, 3])
+def test_max_pool_2x2_equals_flax_max_pool(size):
+    x = jax.random.normal(jax.random.PRNGKey(size), (2, size, size, 5))
+    expected = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+    np.testing.assert_array_equal(models.max_pool_2x2(x), expected)
+
+
+def test_dropout_only_in_training():
+    model = models.create_model(load_config("cnn2_dropout").model)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (4, 28, 28, 1))
+    variables = models.init_variables(model, jax.random.PRNGKey(0))
+    a = model.apply(variables, x, train=False)
+    b = model.apply(variables, x, train=False)
+    c = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_per_layer_field_length_is_checked():
+    model = models.CNN(conv_features=(8, 8), padding=("SAME",))
+    with pytest.raises(ValueError, match=r"model\.padding has 1 entries for 2 layers"):
+        model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+
+
+def test_unknown_model_name():
+    cfg = load_config("mlp_256").model
+    cfg.name = "transformer"
+    with pytest.raises(ValueError, match=r"model\.name='transformer'"):
+        models.create_model(cfg)
