@@ -1,8 +1,10 @@
 """Entry point: parses flags and hands over to the library (fmnist_jax.train).
 
     python launch.py --config=configs/cnn4.py [--workdir=runs/cnn4] [--config.num_epochs=3]
+    python launch.py --mode=eval --workdir=runs/cnn4 [--checkpoint=best|latest|STEP]
 
-All logic lives in importable, tested library code; this file only parses flags.
+Training resumes from the newest checkpoint in the workdir. All logic lives in
+importable, tested library code; this file only parses flags.
 """
 
 import os
@@ -18,14 +20,28 @@ from fmnist_jax import configuration, input_pipeline
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/cnn4.py; fields overridable as --config.FIELD=VALUE."
 )
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: runs/<config name>).")
-flags.mark_flags_as_required(["config"])
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (or resume), or eval a checkpoint.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (train default: runs/<config name>).")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "eval: 'best', 'latest' or a step number.")
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if _MODE.value == "eval":
+        if not _WORKDIR.value:
+            raise app.UsageError("--mode=eval needs --workdir (the training run's directory)")
+        from fmnist_jax import checkpointing, train
+
+        try:
+            train.evaluate_checkpoint(_WORKDIR.value, _CHECKPOINT.value)
+        except (checkpointing.CheckpointError, input_pipeline.DatasetNotFoundError) as e:
+            sys.exit(f"error: {e}")
+        return
+
     config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("--config is required for training, e.g. --config=configs/cnn4.py")
     try:
         configuration.validate_config(config)
     except configuration.ConfigError as e:
@@ -33,11 +49,11 @@ def main(argv: list[str]) -> None:
     name = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])))[0]
     workdir = _WORKDIR.value or os.path.join("runs", name)
 
-    from fmnist_jax import train  # Imported late: flag errors stay fast.
+    from fmnist_jax import checkpointing, train  # Imported late: flag errors stay fast.
 
     try:
         train.train_and_evaluate(config, workdir)
-    except input_pipeline.DatasetNotFoundError as e:
+    except (checkpointing.CheckpointError, input_pipeline.DatasetNotFoundError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
 
 

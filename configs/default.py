@@ -39,4 +39,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.warmup_epochs = 0.0  # warmup_cosine: linear warmup; one_cycle: rising phase.
     config.final_lr_fraction = 0.0  # cosine, warmup_cosine: final rate / peak rate.
     config.epochs_per_decade = 20.0  # exponential: rate x10 every this many epochs (<0 decays).
+
+    # Checkpoints in <workdir>/checkpoints (the two newest and the best by validation accuracy).
+    config.checkpoint_every_epochs = 1
+    config.checkpoint_every_steps = 0  # > 0: also save mid-epoch every this many steps.
     return config

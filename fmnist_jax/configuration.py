@@ -7,7 +7,7 @@ from typing import Any
 
 import ml_collections
 
-from fmnist_jax import models
+from fmnist_jax import input_pipeline, models
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "exponential", "cosine", "warmup_cosine", "one_cycle")
@@ -70,6 +70,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     need(0.0 <= config.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
     need(config.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
     need(0.0 <= config.final_lr_fraction <= 1.0, "final_lr_fraction", "must be in [0, 1]")
+    need(config.checkpoint_every_epochs >= 1, "checkpoint_every_epochs", "must be >= 1")
+    need(config.checkpoint_every_steps >= 0, "checkpoint_every_steps", "must be >= 0 (0: off)")
     need(config.epochs_per_decade != 0, "epochs_per_decade", "must not be 0")
     if config.schedule == "warmup_cosine":
         need(config.warmup_epochs < config.num_epochs, "warmup_epochs", "must be < num_epochs")
@@ -79,6 +81,5 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             "warmup_epochs",
             "one_cycle needs 0 < warmup_epochs < num_epochs (its rising phase)",
         )
-    # 60,000 train examples less validation: a batch larger than that never runs.
-    num_train = round(60_000 * (1 - config.validation_fraction))
+    num_train = input_pipeline.num_train_examples(config.validation_fraction)
     need(config.batch_size <= num_train, "batch_size", f"exceeds the {num_train} training examples")

@@ -132,6 +132,11 @@ def _load_tfds_split(split: str, data_dir: str | None) -> tuple[np.ndarray, np.n
     return np.asarray(ds["image"], np.uint8), np.asarray(ds["label"], np.int32)
 
 
+def num_train_examples(validation_fraction: float) -> int:
+    """How many training examples remain after carving validation (no data needed)."""
+    return NUM_TRAIN - round(NUM_TRAIN * validation_fraction)
+
+
 def carve_validation(
     num_examples: int, validation_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -177,11 +182,12 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def train_batches(
-    split: Split, batch_size: int, seed: int, epoch: int
+    split: Split, batch_size: int, seed: int, epoch: int, start_step: int = 0
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Shuffled full batches of one epoch; the last partial batch is dropped."""
+    """Shuffled full batches of one epoch, from batch `start_step` on (to resume
+    mid-epoch); the last partial batch is dropped."""
     order = epoch_order(len(split), seed, epoch)
-    for start in range(0, len(order) - batch_size + 1, batch_size):
+    for start in range(start_step * batch_size, len(order) - batch_size + 1, batch_size):
         idx = order[start : start + batch_size]
         yield split.images[idx], split.labels[idx]
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import platform
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -20,7 +21,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from fmnist_jax import CLASS_NAMES, NUM_CLASSES, input_pipeline, models
+from fmnist_jax import CLASS_NAMES, NUM_CLASSES, checkpointing, input_pipeline, models
 from fmnist_jax.configuration import validate_config
 
 Metrics = dict[str, jax.Array]
@@ -87,7 +88,8 @@ def create_train_state(
         tx=create_optimizer(config, steps_per_epoch),
         batch_stats=variables.get("batch_stats", {}),
     )
-    return model, state
+    # A strongly typed step: the same program before and after a restore.
+    return model, state.replace(step=jnp.zeros((), jnp.int32))
 
 
 def preprocess(images: jax.Array, normalize: bool) -> jax.Array:
@@ -227,22 +229,29 @@ class ProgressBar:
 
 
 class MetricsLog:
-    """Writes per-epoch scalars to TensorBoard (clu) and to `metrics.jsonl`."""
+    """Writes per-epoch scalars to TensorBoard (clu) and to `metrics.jsonl`.
 
-    def __init__(self, workdir: str, enabled: bool = True):
+    `metrics.jsonl` is rewritten from `records` (the epochs a resumed checkpoint
+    holds) so that it always agrees with the checkpoint a run continues from.
+    """
+
+    def __init__(self, workdir: str, enabled: bool = True, records: list[dict[str, Any]] | None = None):
         self.enabled = enabled
         if not enabled:
             return
         from clu import metric_writers
 
         self.writer = metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard"))
-        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115 (closed in close())
+        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "w")  # noqa: SIM115 (closed in close())
+        for record in records or []:
+            self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         if not self.enabled:
             return
         self.writer.write_scalars(step, dict(scalars))
-        self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+        self.jsonl.write(json.dumps(dict(scalars)) + "\n")
         self.jsonl.flush()
 
     def close(self) -> None:
@@ -260,37 +269,57 @@ def _write_json(path: str, payload: Any) -> None:
     os.replace(tmp, path)
 
 
-def _mean_metrics(history: Iterable[Metrics]) -> dict[str, float]:
-    stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *history)
-    return {k: float(jnp.mean(v)) for k, v in stacked.items()}
+def _metric_sums(history: list[Metrics]) -> dict[str, float]:
+    """Sums of per-step metrics (one device-to-host transfer)."""
+    if not history:
+        return {"loss": 0.0, "accuracy": 0.0}
+    stacked = jax.device_get(jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *history))
+    return {k: float(np.sum(v, dtype=np.float64)) for k, v in stacked.items()}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains `config` for `config.num_epochs`, then evaluates test once.
+def _check_finite_losses(history: list[Metrics], last_step: int, epoch: int) -> None:
+    """Raises FloatingPointError naming the first step of `history` (ending at
+    `last_step`) whose loss is NaN or inf."""
+    losses = np.asarray(jax.device_get([m["loss"] for m in history]))
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+        raise FloatingPointError(
+            f"train loss is {losses[bad[0]]} at step {last_step - len(losses) + int(bad[0]) + 1} "
+            f"(epoch {epoch}); stopping without saving"
+        )
 
-    Writes TensorBoard scalars, `metrics.jsonl` and `results.json` in `workdir`
-    and returns the results dict.
-    """
-    validate_config(config)
-    t_launch = time.perf_counter()
-    is_main = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
-    say: Callable[[str], None] = functools.partial(print, flush=True) if is_main else (lambda s: None)
 
-    splits = input_pipeline.load_splits(config.data_dir, config.validation_fraction, config.split_seed)
-    train_split, val_split, test_split = splits["train"], splits["validation"], splits["test"]
-    steps_per_epoch = len(train_split) // config.batch_size
-    rng = jax.random.PRNGKey(config.seed)
-    init_rng, train_rng = jax.random.split(rng)
-    _, state = create_train_state(config, init_rng, steps_per_epoch)
-    num_params = models.count_parameters({"params": state.params, "batch_stats": state.batch_stats})
-    say(
-        f"{config.name}: {num_params:,} parameters; train {len(train_split)}, validation "
-        f"{len(val_split)}, test {len(test_split)}; {steps_per_epoch} steps/epoch of "
-        f"{config.batch_size}; {machine_description()}"
-    )
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
-    jitted_step = jax.jit(
+
+class PreemptionGuard:
+    """Turns SIGTERM and the first SIGINT into a flag the training loop polls between steps."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> PreemptionGuard:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # A second Ctrl-C stops at once.
+        self.signal_name = signal.Signals(signum).name
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _build_steps(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
+    train_fn = jax.jit(
         functools.partial(
             train_step,
             normalize=config.normalize,
@@ -300,11 +329,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         donate_argnums=0,
     )
     eval_fn = jax.jit(functools.partial(eval_step, normalize=config.normalize))
+    return train_fn, eval_fn
 
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
+    """Trains `config` for `config.num_epochs`, then evaluates test once.
+
+    Resumes exactly from the newest intact checkpoint in `workdir/checkpoints`.
+    Writes `config.json`, TensorBoard scalars, `metrics.jsonl` and `results.json`
+    in `workdir` and returns the results dict; returns None when SIGTERM/SIGINT
+    stopped the run (after saving a checkpoint to resume from).
+    """
+    validate_config(config)
+    t_launch = time.perf_counter()
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    say: Callable[[str], None] = functools.partial(print, flush=True) if is_main else (lambda s: None)
+
+    steps_per_epoch = input_pipeline.num_train_examples(config.validation_fraction) // config.batch_size
+    total_steps = config.num_epochs * steps_per_epoch
+    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    _, state = create_train_state(config, init_rng, steps_per_epoch)
+    num_params = models.count_parameters({"params": state.params, "batch_stats": state.batch_stats})
+
+    manager = checkpointing.create_manager(workdir)
+    progress: dict[str, Any] = {"epoch_records": [], "partial": None, "train_seconds": 0.0}
+    restored = checkpointing.restore_latest_intact(manager, state, workdir)
+    if restored is not None:
+        state, progress = restored
+        say(
+            f"resumed from the checkpoint at step {int(state.step)} in {checkpointing.checkpoint_dir(workdir)}"
+        )
+    if is_main:
+        _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+    splits = input_pipeline.load_splits(config.data_dir, config.validation_fraction, config.split_seed)
+    train_split, val_split, test_split = splits["train"], splits["validation"], splits["test"]
+    assert len(train_split) // config.batch_size == steps_per_epoch
+    say(
+        f"{config.name}: {num_params:,} parameters; train {len(train_split)}, validation "
+        f"{len(val_split)}, test {len(test_split)}; {steps_per_epoch} steps/epoch of "
+        f"{config.batch_size}; {machine_description()}"
+    )
+
+    train_fn, eval_fn = _build_steps(config)
     # Compile before the clock starts so images/s measure steady state.
     t0 = time.perf_counter()
     shape = train_split.images.shape[1:]
-    step_fn = jitted_step.lower(
+    step_fn = train_fn.lower(
         state,
         (
             jax.ShapeDtypeStruct((config.batch_size, *shape), jnp.uint8),
@@ -314,72 +385,155 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ).compile()
     compile_seconds = time.perf_counter() - t0
     say(
-        f"compiled the train step in {compile_seconds:.1f}s; first step {time.perf_counter() - t_launch:.1f}s after start"
+        f"compiled the train step in {compile_seconds:.1f}s; first step "
+        f"{time.perf_counter() - t_launch:.1f}s after start"
     )
 
-    log = MetricsLog(workdir, enabled=is_main)
+    log = MetricsLog(workdir, enabled=is_main, records=progress["epoch_records"])
     schedule = learning_rate_schedule(config, steps_per_epoch)
-    train_seconds = 0.0
-    epoch_records = []
-    for epoch in range(1, config.num_epochs + 1):
-        bar = ProgressBar(steps_per_epoch, enabled=None if is_main else False)
-        t0 = time.perf_counter()
-        history = []
-        for i, batch in enumerate(
-            input_pipeline.train_batches(train_split, config.batch_size, config.seed, epoch), 1
-        ):
-            state, metrics = step_fn(state, batch, train_rng)
-            history.append(metrics)
-            bar.update(i, sync=metrics)
-        train_metrics = _mean_metrics(history)  # Blocks until the epoch is done.
-        epoch_seconds = time.perf_counter() - t0
-        train_seconds += epoch_seconds
-        val = evaluate(eval_fn, state, val_split, config.eval_batch_size)
-        record = {
-            "epoch": epoch,
-            "train_loss": train_metrics["loss"],
-            "train_accuracy": train_metrics["accuracy"],
-            "validation_loss": val["loss"],
-            "validation_accuracy": val["accuracy"],
-            "learning_rate": float(schedule(int(state.step) - 1)),
-            "images_per_second": steps_per_epoch * config.batch_size / epoch_seconds,
-            "epoch_seconds": epoch_seconds,
-        }
-        epoch_records.append(record)
-        log.write(int(state.step), record)
-        if not math.isfinite(record["train_loss"]):
-            log.close()
-            raise FloatingPointError(f"train loss is {record['train_loss']} in epoch {epoch}; stopping")
-        say(
-            f"epoch {epoch:3d}/{config.num_epochs}  train loss {record['train_loss']:.4f} "
-            f"acc {record['train_accuracy']:.4f}  val loss {val['loss']:.4f} acc {val['accuracy']:.4f}  "
-            f"{record['images_per_second']:,.0f} img/s  {epoch_seconds:.1f}s"
-        )
+
+    def save(validation_accuracy: float = checkpointing.NOT_EVALUATED) -> None:
+        if not bool(_all_finite(state.params)):
+            raise FloatingPointError(f"parameters are not finite at step {int(state.step)}; not saving them")
+        checkpointing.save(manager, state, progress, validation_accuracy)
+
+    step = int(state.step)
+    with PreemptionGuard() as guard:
+        while step < total_steps:
+            epoch, offset = divmod(step, steps_per_epoch)
+            epoch += 1
+            carried = progress["partial"] or {"loss": 0.0, "accuracy": 0.0, "seconds": 0.0}
+            bar = ProgressBar(steps_per_epoch, enabled=None if is_main else False)
+            t0 = time.perf_counter()
+            history: list[Metrics] = []
+            batches = input_pipeline.train_batches(
+                train_split, config.batch_size, config.seed, epoch, start_step=offset
+            )
+            for batch in batches:
+                state, metrics = step_fn(state, batch, train_rng)
+                history.append(metrics)
+                step += 1
+                bar.update(step - (epoch - 1) * steps_per_epoch, sync=metrics)
+                mid_epoch_save = (
+                    config.checkpoint_every_steps > 0
+                    and step % config.checkpoint_every_steps == 0
+                    and step % steps_per_epoch != 0
+                )
+                if guard.signal_name or mid_epoch_save:
+                    _check_finite_losses(history, step, epoch)
+                    sums = _metric_sums(history)
+                    progress["partial"] = {
+                        "loss": carried["loss"] + sums["loss"],
+                        "accuracy": carried["accuracy"] + sums["accuracy"],
+                        "seconds": carried["seconds"] + time.perf_counter() - t0,
+                    }
+                    save()
+                    if guard.signal_name:
+                        manager.wait_until_finished()
+                        log.close()
+                        say(
+                            f"caught {guard.signal_name}: saved a checkpoint at step {step} (epoch {epoch}) "
+                            "and stopped; rerun the same command to resume"
+                        )
+                        return None
+            _check_finite_losses(history, step, epoch)
+            sums = _metric_sums(history)
+            epoch_seconds = carried["seconds"] + time.perf_counter() - t0
+            progress["train_seconds"] += epoch_seconds
+            val = evaluate(eval_fn, state, val_split, config.eval_batch_size)
+            record = {
+                "epoch": epoch,
+                "train_loss": (carried["loss"] + sums["loss"]) / steps_per_epoch,
+                "train_accuracy": (carried["accuracy"] + sums["accuracy"]) / steps_per_epoch,
+                "validation_loss": val["loss"],
+                "validation_accuracy": val["accuracy"],
+                "learning_rate": float(schedule(step - 1)),
+                "images_per_second": steps_per_epoch * config.batch_size / epoch_seconds,
+                "epoch_seconds": epoch_seconds,
+            }
+            progress["epoch_records"].append(record)
+            progress["partial"] = None
+            if epoch % config.checkpoint_every_epochs == 0 or step == total_steps:
+                save(val["accuracy"])
+            log.write(step, record)
+            say(
+                f"epoch {epoch:3d}/{config.num_epochs}  train loss {record['train_loss']:.4f} "
+                f"acc {record['train_accuracy']:.4f}  val loss {val['loss']:.4f} acc {val['accuracy']:.4f}  "
+                f"{record['images_per_second']:,.0f} img/s  {epoch_seconds:.1f}s"
+            )
+            if guard.signal_name:  # Arrived during evaluation: the epoch-end save covers it.
+                if manager.latest_step() != step:
+                    save()
+                manager.wait_until_finished()
+                log.close()
+                say(f"caught {guard.signal_name}: checkpoint at step {step} saved; rerun to resume")
+                return None
+    manager.wait_until_finished()
     log.close()
 
     test = evaluate(eval_fn, state, test_split, config.eval_batch_size)
+    last = progress["epoch_records"][-1]
     results = {
         "config": config.name,
         "num_params": num_params,
         "num_epochs": config.num_epochs,
         "batch_size": config.batch_size,
-        "steps": int(state.step),
+        "step": int(state.step),
         "test": test,
-        "validation": {
-            "loss": epoch_records[-1]["validation_loss"],
-            "accuracy": epoch_records[-1]["validation_accuracy"],
-        },
+        "validation": {"loss": last["validation_loss"], "accuracy": last["validation_accuracy"]},
         "compile_seconds": compile_seconds,
-        "train_seconds": train_seconds,
+        "train_seconds": progress["train_seconds"],
         "wall_seconds": time.perf_counter() - t_launch,
         "machine": machine_description(),
         "jax_version": jax.__version__,
-        "config_json": json.loads(config.to_json()),
     }
     if is_main:
         _write_json(os.path.join(workdir, "results.json"), results)
     say(
         f"test loss {test['loss']:.4f}  test accuracy {test['accuracy']:.4f}  "
-        f"({results['wall_seconds']:.0f}s wall, {train_seconds:.0f}s training)"
+        f"({results['wall_seconds']:.0f}s wall, {progress['train_seconds']:.0f}s training)"
     )
     return results
+
+
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+    """The resolved config a training run saved in `workdir/config.json`."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise checkpointing.CheckpointError(
+            f"{workdir!r} holds no config.json: not the workdir of a training run"
+            + ("" if os.path.isdir(workdir) else " (it does not exist)")
+        )
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def evaluate_checkpoint(workdir: str, which: str = "best") -> dict[str, Any]:
+    """Restores checkpoint `which` ('best', 'latest' or a step) onto this process's
+    devices, evaluates validation and test, and writes `workdir/eval_<step>.json`."""
+    config = load_workdir_config(workdir)
+    if not os.path.isdir(checkpointing.checkpoint_dir(workdir)):
+        raise checkpointing.CheckpointError(f"no checkpoints in {checkpointing.checkpoint_dir(workdir)}")
+    manager = checkpointing.create_manager(workdir, create=False)
+    step = checkpointing.select_step(manager, which)
+    splits = input_pipeline.load_splits(config.data_dir, config.validation_fraction, config.split_seed)
+    _, template = create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=1)
+    state, _ = checkpointing.restore(manager, step, template)
+    _, eval_fn = _build_steps(config)
+    report = {
+        "config": config.name,
+        "checkpoint": which,
+        "step": step,
+        "validation": evaluate(eval_fn, state, splits["validation"], config.eval_batch_size),
+        "test": evaluate(eval_fn, state, splits["test"], config.eval_batch_size),
+        "machine": machine_description(),
+    }
+    if jax.process_index() == 0:
+        _write_json(os.path.join(workdir, f"eval_{step}.json"), report)
+    print(
+        f"{config.name} checkpoint {step} ({which}): validation accuracy "
+        f"{report['validation']['accuracy']:.4f}, test loss {report['test']['loss']:.4f} "
+        f"accuracy {report['test']['accuracy']:.4f} -> {os.path.join(workdir, f'eval_{step}.json')}",
+        flush=True,
+    )
+    return report

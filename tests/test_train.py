@@ -34,10 +34,10 @@ def test_train_step_lowers_loss_on_a_fixed_batch(splits):
         return float(eval_fn(state, eval_batch)["loss_sum"]) / 64
 
     initial = loss(state)
-    state, metrics = step(state, (images, labels), rng)
+    state, _ = step(state, (images, labels), rng)
     assert loss(state) < initial
     for _ in range(19):
-        state, metrics = step(state, (images, labels), rng)
+        state, _ = step(state, (images, labels), rng)
     assert int(state.step) == 20
     assert loss(state) < 0.5 * initial
 
