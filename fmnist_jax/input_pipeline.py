@@ -17,6 +17,7 @@ import shutil
 import struct
 import sys
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -132,6 +133,34 @@ def _load_tfds_split(split: str, data_dir: str | None) -> tuple[np.ndarray, np.n
     return np.asarray(ds["image"], np.uint8), np.asarray(ds["label"], np.int32)
 
 
+def _load_tfds_arrays(data_dir: str | None) -> dict[str, np.ndarray]:
+    """tfds's train and test splits as uint8/int32 arrays, cached beside the prepared data.
+
+    Decoding the tfrecords needs TensorFlow (several seconds); the cache
+    (`numpy_cache.npz` in tfds's versioned dataset directory) is read back in
+    well under a second. It is written atomically and rebuilt if unreadable.
+    """
+    cache = os.path.join(_builder(data_dir).data_dir, "numpy_cache.npz")
+    keys = ("train_images", "train_labels", "test_images", "test_labels")
+    try:
+        with np.load(cache) as f:
+            arrays = {k: f[k] for k in keys}
+        if len(arrays["train_labels"]) == NUM_TRAIN and len(arrays["test_labels"]) == NUM_TEST:
+            return arrays
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        pass
+    arrays = {}
+    arrays["train_images"], arrays["train_labels"] = _load_tfds_split("train", data_dir)
+    arrays["test_images"], arrays["test_labels"] = _load_tfds_split("test", data_dir)
+    try:
+        tmp = f"{cache}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, cache)
+    except OSError:  # A read-only data_dir still works, only slower.
+        pass
+    return arrays
+
+
 def num_train_examples(validation_fraction: float) -> int:
     """How many training examples remain after carving validation (no data needed)."""
     return NUM_TRAIN - round(NUM_TRAIN * validation_fraction)
@@ -166,8 +195,9 @@ def load_splits(
         if not prepare_if_missing:
             raise DatasetNotFoundError(HOW_TO_GET)
         prepare(data_dir)
-    train_images, train_labels = _load_tfds_split("train", data_dir)
-    test_images, test_labels = _load_tfds_split("test", data_dir)
+    arrays = _load_tfds_arrays(data_dir)
+    train_images, train_labels = arrays["train_images"], arrays["train_labels"]
+    test_images, test_labels = arrays["test_images"], arrays["test_labels"]
     train_idx, val_idx = carve_validation(len(train_labels), validation_fraction, split_seed)
     return {
         "train": Split(train_images[train_idx], train_labels[train_idx], train_idx),

@@ -91,3 +91,18 @@ def test_restored_debian_files_match_tfds_checksums(tmp_path):
 def test_missing_dataset_says_how_to_get_it(tmp_path):
     with pytest.raises(input_pipeline.DatasetNotFoundError, match="apt-get install dataset-fashion-mnist"):
         input_pipeline.load_splits(data_dir=str(tmp_path), prepare_if_missing=False)
+
+
+def test_numpy_cache_equals_tfds_and_is_rebuilt_when_damaged(splits):
+    cached = input_pipeline._load_tfds_arrays(None)
+    images, labels = input_pipeline._load_tfds_split("test", None)
+    np.testing.assert_array_equal(cached["test_images"], images)
+    np.testing.assert_array_equal(cached["test_labels"], labels)
+    np.testing.assert_array_equal(cached["test_images"], splits["test"].images)
+    cache = os.path.join(input_pipeline._builder(None).data_dir, "numpy_cache.npz")
+    with open(cache, "r+b") as f:
+        f.truncate(1000)
+    rebuilt = input_pipeline._load_tfds_arrays(None)
+    for key, value in cached.items():
+        np.testing.assert_array_equal(rebuilt[key], value)
+    assert os.path.getsize(cache) > 50_000_000
