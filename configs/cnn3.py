@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
             "dense_dropout": 0.3,
         }
     )
-    config.num_epochs = 15
+    config.num_epochs = 10
     config.batch_size = 32
     config.schedule = "cosine"
     return config

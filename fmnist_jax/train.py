@@ -338,8 +338,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Resumes exactly from the newest intact checkpoint in `workdir/checkpoints`.
     Writes `config.json`, TensorBoard scalars, `metrics.jsonl` and `results.json`
     in `workdir` and returns the results dict; returns None when SIGTERM/SIGINT
-    stopped the run (after saving a checkpoint to resume from).
+    stopped the run (after saving a checkpoint to resume from). The signal
+    handlers are in place from the start, so a signal during set-up or
+    compilation also ends in a clean save after the first step.
     """
+    with PreemptionGuard() as guard:
+        return _train_and_evaluate(config, workdir, guard)
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, guard: PreemptionGuard
+) -> dict[str, Any] | None:
     validate_config(config)
     t_launch = time.perf_counter()
     is_main = jax.process_index() == 0
@@ -397,77 +406,75 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             raise FloatingPointError(f"parameters are not finite at step {int(state.step)}; not saving them")
         checkpointing.save(manager, state, progress, validation_accuracy)
 
+    def stop_for_signal(epoch: int) -> None:
+        manager.wait_until_finished()
+        log.close()
+        say(
+            f"caught {guard.signal_name}: saved a checkpoint at step {step} (epoch {epoch}) "
+            "and stopped; rerun the same command to resume"
+        )
+
     step = int(state.step)
-    with PreemptionGuard() as guard:
-        while step < total_steps:
-            epoch, offset = divmod(step, steps_per_epoch)
-            epoch += 1
-            carried = progress["partial"] or {"loss": 0.0, "accuracy": 0.0, "seconds": 0.0}
-            bar = ProgressBar(steps_per_epoch, enabled=None if is_main else False)
-            t0 = time.perf_counter()
-            history: list[Metrics] = []
-            batches = input_pipeline.train_batches(
-                train_split, config.batch_size, config.seed, epoch, start_step=offset
-            )
-            for batch in batches:
-                state, metrics = step_fn(state, batch, train_rng)
-                history.append(metrics)
-                step += 1
-                bar.update(step - (epoch - 1) * steps_per_epoch, sync=metrics)
-                mid_epoch_save = (
-                    config.checkpoint_every_steps > 0
-                    and step % config.checkpoint_every_steps == 0
-                    and step % steps_per_epoch != 0
-                )
-                if guard.signal_name or mid_epoch_save:
-                    _check_finite_losses(history, step, epoch)
-                    sums = _metric_sums(history)
-                    progress["partial"] = {
-                        "loss": carried["loss"] + sums["loss"],
-                        "accuracy": carried["accuracy"] + sums["accuracy"],
-                        "seconds": carried["seconds"] + time.perf_counter() - t0,
-                    }
-                    save()
-                    if guard.signal_name:
-                        manager.wait_until_finished()
-                        log.close()
-                        say(
-                            f"caught {guard.signal_name}: saved a checkpoint at step {step} (epoch {epoch}) "
-                            "and stopped; rerun the same command to resume"
-                        )
-                        return None
-            _check_finite_losses(history, step, epoch)
-            sums = _metric_sums(history)
-            epoch_seconds = carried["seconds"] + time.perf_counter() - t0
-            progress["train_seconds"] += epoch_seconds
-            val = evaluate(eval_fn, state, val_split, config.eval_batch_size)
-            record = {
-                "epoch": epoch,
-                "train_loss": (carried["loss"] + sums["loss"]) / steps_per_epoch,
-                "train_accuracy": (carried["accuracy"] + sums["accuracy"]) / steps_per_epoch,
-                "validation_loss": val["loss"],
-                "validation_accuracy": val["accuracy"],
-                "learning_rate": float(schedule(step - 1)),
-                "images_per_second": steps_per_epoch * config.batch_size / epoch_seconds,
-                "epoch_seconds": epoch_seconds,
-            }
-            progress["epoch_records"].append(record)
-            progress["partial"] = None
-            if epoch % config.checkpoint_every_epochs == 0 or step == total_steps:
+    while step < total_steps:
+        epoch, offset = divmod(step, steps_per_epoch)
+        epoch += 1
+        carried = progress["partial"] or {"loss": 0.0, "accuracy": 0.0, "seconds": 0.0}
+        bar = ProgressBar(steps_per_epoch, enabled=None if is_main else False)
+        t0 = time.perf_counter()
+        history: list[Metrics] = []
+        batches = input_pipeline.train_batches(
+            train_split, config.batch_size, config.seed, epoch, start_step=offset
+        )
+        for batch in batches:
+            state, metrics = step_fn(state, batch, train_rng)
+            history.append(metrics)
+            step += 1
+            bar.update(step - (epoch - 1) * steps_per_epoch, sync=metrics)
+            if step % steps_per_epoch == 0:
+                break  # The epoch-end branch below saves, and handles signals.
+            every = config.checkpoint_every_steps
+            if guard.signal_name or (every > 0 and step % every == 0):
+                _check_finite_losses(history, step, epoch)
+                sums = _metric_sums(history)
+                progress["partial"] = {
+                    "loss": carried["loss"] + sums["loss"],
+                    "accuracy": carried["accuracy"] + sums["accuracy"],
+                    "seconds": carried["seconds"] + time.perf_counter() - t0,
+                }
+                save()
+                if guard.signal_name:
+                    stop_for_signal(epoch)
+                    return None
+        _check_finite_losses(history, step, epoch)
+        sums = _metric_sums(history)
+        epoch_seconds = carried["seconds"] + time.perf_counter() - t0
+        progress["train_seconds"] += epoch_seconds
+        val = evaluate(eval_fn, state, val_split, config.eval_batch_size)
+        record = {
+            "epoch": epoch,
+            "train_loss": (carried["loss"] + sums["loss"]) / steps_per_epoch,
+            "train_accuracy": (carried["accuracy"] + sums["accuracy"]) / steps_per_epoch,
+            "validation_loss": val["loss"],
+            "validation_accuracy": val["accuracy"],
+            "learning_rate": float(schedule(step - 1)),
+            "images_per_second": steps_per_epoch * config.batch_size / epoch_seconds,
+            "epoch_seconds": epoch_seconds,
+        }
+        progress["epoch_records"].append(record)
+        progress["partial"] = None
+        if epoch % config.checkpoint_every_epochs == 0 or step == total_steps:
+            save(val["accuracy"])
+        log.write(step, record)
+        say(
+            f"epoch {epoch:3d}/{config.num_epochs}  train loss {record['train_loss']:.4f} "
+            f"acc {record['train_accuracy']:.4f}  val loss {val['loss']:.4f} acc {val['accuracy']:.4f}  "
+            f"{record['images_per_second']:,.0f} img/s  {epoch_seconds:.1f}s"
+        )
+        if guard.signal_name and step < total_steps:
+            if manager.latest_step() != step:
                 save(val["accuracy"])
-            log.write(step, record)
-            say(
-                f"epoch {epoch:3d}/{config.num_epochs}  train loss {record['train_loss']:.4f} "
-                f"acc {record['train_accuracy']:.4f}  val loss {val['loss']:.4f} acc {val['accuracy']:.4f}  "
-                f"{record['images_per_second']:,.0f} img/s  {epoch_seconds:.1f}s"
-            )
-            if guard.signal_name:  # Arrived during evaluation: the epoch-end save covers it.
-                if manager.latest_step() != step:
-                    save()
-                manager.wait_until_finished()
-                log.close()
-                say(f"caught {guard.signal_name}: checkpoint at step {step} saved; rerun to resume")
-                return None
+            stop_for_signal(epoch)
+            return None
     manager.wait_until_finished()
     log.close()
 

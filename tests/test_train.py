@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fmnist_jax import input_pipeline, train
+from fmnist_jax import results as results_lib
 
 
 def load_config(name):
@@ -128,3 +129,5 @@ def test_short_real_mlp_256_run(tmp_path):
     assert [r["epoch"] for r in records] == [1, 2]
     assert {"train_loss", "validation_accuracy", "images_per_second"} <= set(records[0])
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tensorboard"))
+    row = results_lib.markdown_table([str(tmp_path)]).splitlines()[2]
+    assert row.startswith(f"| `mlp_256` | 203,530 | 0.8777 | {results['test']['accuracy']:.4f} | 2 | 128 |")

@@ -1,0 +1,21 @@
+"""Long runs (`make test-all` only): default configs reach their seed's test accuracy.
+
+Fast siblings: tests/test_train.py::test_short_real_mlp_256_run trains the same code
+path for two epochs; tests/test_checkpointing.py covers resume end to end.
+"""
+
+import importlib
+
+import pytest
+
+from fmnist_jax import train
+
+SEED_ACCURACY = {"mlp_256": 0.8777, "cnn2_2x2": 0.9122}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SEED_ACCURACY))
+def test_default_config_beats_its_seed(name, tmp_path):
+    config = importlib.import_module(f"configs.{name}").get_config()
+    results = train.train_and_evaluate(config, str(tmp_path))
+    assert results["test"]["accuracy"] > SEED_ACCURACY[name]
