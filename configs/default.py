@@ -19,6 +19,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.normalize = True  # Pixels / 255; False keeps raw 0-255 (seed 001, model 1).
     config.augment_flip = False  # Random horizontal flips of training images.
 
+    # Data parallelism over all devices: "jit" (sharded over a mesh) or "pmap".
+    config.parallelism = "jit"
+
     # Optimisation.
     config.seed = 0
     config.num_epochs = 10

@@ -77,12 +77,6 @@ def save(
     )
 
 
-def _abstract(state: Any) -> Any:
-    """Restore target: shapes and dtypes of `state`, each leaf on this process's first device."""
-    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)
-
-
 def _path_str(path: tuple[Any, ...]) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
@@ -115,20 +109,29 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, state: Any) -> N
         )
 
 
-def restore(manager: ocp.CheckpointManager, step: int, state: Any) -> tuple[Any, dict[str, Any]]:
-    """Restores (state, progress) of `step` onto this process's devices, shaped like `state`."""
+def restore(
+    manager: ocp.CheckpointManager, step: int, state: Any, sharding: jax.sharding.Sharding | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """Restores (state, progress) of `step`, shaped like the single-copy `state`.
+
+    Each leaf is placed with `sharding` (default: this process's first device),
+    whatever devices the checkpoint was saved from.
+    """
     check_compatible(manager, step, state)
+    if sharding is None:
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state
+    )
     restored = manager.restore(
         step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract(state)), progress=ocp.args.JsonRestore()
-        ),
+        args=ocp.args.Composite(state=ocp.args.StandardRestore(target), progress=ocp.args.JsonRestore()),
     )
     return restored["state"], dict(restored["progress"])
 
 
 def restore_latest_intact(
-    manager: ocp.CheckpointManager, state: Any, workdir: str
+    manager: ocp.CheckpointManager, state: Any, workdir: str, sharding: jax.sharding.Sharding | None = None
 ) -> tuple[Any, dict[str, Any]] | None:
     """Restores the newest checkpoint that reads back intact, or None if there is none.
 
@@ -138,7 +141,7 @@ def restore_latest_intact(
     """
     for step in sorted(manager.all_steps(), reverse=True):
         try:
-            return restore(manager, step, state)
+            return restore(manager, step, state, sharding)
         except CheckpointError:
             raise
         except Exception as e:  # Orbax/tensorstore raise many types for damaged files.

@@ -10,6 +10,7 @@ import ml_collections
 from fmnist_jax import input_pipeline, models
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+PARALLELISM = ("jit", "pmap")
 SCHEDULES = ("constant", "exponential", "cosine", "warmup_cosine", "one_cycle")
 
 
@@ -59,6 +60,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         if f in m:
             need(all(0.0 <= float(r) < 1.0 for r in _as_tuple(m[f])), f"model.{f}", "rates must be in [0, 1)")
 
+    need(config.parallelism in PARALLELISM, "parallelism", f"expected one of {PARALLELISM}")
     need(config.optimizer in OPTIMIZERS, "optimizer", f"unknown optimizer, expected one of {OPTIMIZERS}")
     need(config.schedule in SCHEDULES, "schedule", f"unknown schedule, expected one of {SCHEDULES}")
     need(config.batch_size >= 1, "batch_size", "must be >= 1")

@@ -90,6 +90,7 @@ class CNN(nn.Module):
     activation: str = "relu"
     bn_momentum: float = 0.99
     bn_epsilon: float = 1e-3
+    bn_axis_name: str | None = None  # pmap axis to average batch statistics over.
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -106,6 +107,7 @@ class CNN(nn.Module):
                     use_running_average=not train,
                     momentum=self.bn_momentum,
                     epsilon=self.bn_epsilon,
+                    axis_name=self.bn_axis_name if train else None,
                 )(x)
             x = act(x)
             if self.pool:
@@ -120,14 +122,16 @@ class CNN(nn.Module):
         return nn.Dense(self.num_classes, kernel_init=_kernel_init)(x)
 
 
-def create_model(model_config: ml_collections.ConfigDict, num_classes: int = 10) -> nn.Module:
-    """Builds the network that `config.model` describes."""
+def create_model(
+    model_config: ml_collections.ConfigDict, num_classes: int = 10, axis_name: str | None = None
+) -> nn.Module:
+    """Builds the network that `config.model` describes (`axis_name`: see CNN.bn_axis_name)."""
     fields = dict(model_config)
     name = fields.pop("name")
     if name == "mlp":
         return MLP(num_classes=num_classes, **fields)
     if name == "cnn":
-        return CNN(num_classes=num_classes, **fields)
+        return CNN(num_classes=num_classes, bn_axis_name=axis_name, **fields)
     raise ValueError(f"model.name={name!r} is not one of {MODELS}")
 
 

@@ -21,10 +21,13 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from fmnist_jax import CLASS_NAMES, NUM_CLASSES, checkpointing, input_pipeline, models
+from fmnist_jax import CLASS_NAMES, NUM_CLASSES, checkpointing, input_pipeline, models, parallel
 from fmnist_jax.configuration import validate_config
 
 Metrics = dict[str, jax.Array]
+# Steps dispatched ahead of the host. Bounded: with many multi-device steps queued,
+# XLA:CPU's in-process collectives can starve each other and deadlock.
+MAX_STEPS_IN_FLIGHT = 2
 
 
 class TrainState(train_state.TrainState):
@@ -77,10 +80,13 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) ->
 
 
 def create_train_state(
-    config: ml_collections.ConfigDict, rng: jax.Array, steps_per_epoch: int
+    config: ml_collections.ConfigDict, rng: jax.Array, steps_per_epoch: int, axis_name: str | None = None
 ) -> tuple[nn.Module, TrainState]:
-    """The model and its initial TrainState, initialised from `rng`."""
-    model = models.create_model(config.model, NUM_CLASSES)
+    """The model and its initial TrainState (one copy), initialised from `rng`.
+
+    `axis_name`: the pmap axis over which batch norm averages its statistics.
+    """
+    model = models.create_model(config.model, NUM_CLASSES, axis_name=axis_name)
     variables = models.init_variables(model, rng)
     state = TrainState.create(
         apply_fn=model.apply,
@@ -112,14 +118,18 @@ def train_step(
     normalize: bool = True,
     augment_flip: bool = False,
     label_smoothing: float = 0.0,
+    axis_name: str | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One optimizer step on a batch of (uint8 images, int labels).
 
     Dropout and augmentation draw from `rng` folded with the step number, so a
-    step's randomness depends only on (rng, step).
+    step's randomness depends only on (rng, step). Under `jax.pmap`, `axis_name`
+    names the device axis: gradients and metrics are averaged over it.
     """
     images, labels = batch
     step_rng = jax.random.fold_in(rng, state.step)
+    if axis_name is not None:
+        step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
     dropout_rng, flip_rng = jax.random.split(step_rng)
     x = preprocess(images, normalize)
     if augment_flip:
@@ -139,9 +149,11 @@ def train_step(
         return loss, (logits, updates)
 
     (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+    if axis_name is not None:
+        grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
     state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-    return state, {"loss": loss, "accuracy": accuracy}
+    return state, metrics
 
 
 def eval_step(
@@ -179,12 +191,24 @@ def summarize_eval(loss_sum: float, confusion: np.ndarray) -> dict[str, Any]:
 
 
 def evaluate(
-    eval_fn: Callable[..., Metrics], state: TrainState, split: input_pipeline.Split, batch_size: int
+    eval_fn: Callable[..., Metrics],
+    state: TrainState,
+    split: input_pipeline.Split,
+    batch_size: int,
+    par: parallel.DataParallel | None = None,
 ) -> dict[str, Any]:
-    """Evaluates every example of `split` exactly once."""
+    """Evaluates every example of `split` exactly once (padded batches, masked).
+
+    With `par`, batches are sharded over its devices and `batch_size` is rounded
+    up to a multiple of the device count.
+    """
     loss_sum = jnp.zeros(())
     confusion = jnp.zeros((NUM_CLASSES, NUM_CLASSES))
-    for batch in input_pipeline.eval_batches(split, batch_size):
+    if par is not None:
+        batch_size = -(-batch_size // par.num_devices) * par.num_devices
+        rows = par.local_rows(batch_size)
+    for host_batch in input_pipeline.eval_batches(split, batch_size):
+        batch = host_batch if par is None else par.put_batch([x[rows] for x in host_batch])
         out = eval_fn(state, batch)
         loss_sum += out["loss_sum"]
         confusion += out["confusion"]
@@ -273,8 +297,8 @@ def _metric_sums(history: list[Metrics]) -> dict[str, float]:
     """Sums of per-step metrics (one device-to-host transfer)."""
     if not history:
         return {"loss": 0.0, "accuracy": 0.0}
-    stacked = jax.device_get(jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *history))
-    return {k: float(np.sum(v, dtype=np.float64)) for k, v in stacked.items()}
+    host = jax.device_get(history)
+    return {k: float(np.sum([m[k] for m in host], dtype=np.float64)) for k in host[0]}
 
 
 def _check_finite_losses(history: list[Metrics], last_step: int, epoch: int) -> None:
@@ -287,12 +311,6 @@ def _check_finite_losses(history: list[Metrics], last_step: int, epoch: int) -> 
             f"train loss is {losses[bad[0]]} at step {last_step - len(losses) + int(bad[0]) + 1} "
             f"(epoch {epoch}); stopping without saving"
         )
-
-
-@jax.jit
-def _all_finite(tree: Any) -> jax.Array:
-    leaves = jax.tree_util.tree_leaves(tree)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 class PreemptionGuard:
@@ -318,18 +336,14 @@ class PreemptionGuard:
             signal.signal(sig, handler)
 
 
-def _build_steps(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
-    train_fn = jax.jit(
-        functools.partial(
-            train_step,
-            normalize=config.normalize,
-            augment_flip=config.augment_flip,
-            label_smoothing=config.label_smoothing,
-        ),
-        donate_argnums=0,
+def _train_step_fn(config: ml_collections.ConfigDict, par: parallel.DataParallel) -> Callable[..., Any]:
+    return functools.partial(
+        train_step,
+        normalize=config.normalize,
+        augment_flip=config.augment_flip,
+        label_smoothing=config.label_smoothing,
+        axis_name=par.axis_name,
     )
-    eval_fn = jax.jit(functools.partial(eval_step, normalize=config.normalize))
-    return train_fn, eval_fn
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
@@ -355,20 +369,25 @@ def _train_and_evaluate(
     os.makedirs(workdir, exist_ok=True)
     say: Callable[[str], None] = functools.partial(print, flush=True) if is_main else (lambda s: None)
 
+    par = parallel.DataParallel(config.parallelism)
+    par.check_batch_size(config.batch_size)
     steps_per_epoch = input_pipeline.num_train_examples(config.validation_fraction) // config.batch_size
     total_steps = config.num_epochs * steps_per_epoch
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    _, state = create_train_state(config, init_rng, steps_per_epoch)
+    _, state = create_train_state(config, init_rng, steps_per_epoch, axis_name=par.axis_name)
     num_params = models.count_parameters({"params": state.params, "batch_stats": state.batch_stats})
 
     manager = checkpointing.create_manager(workdir)
     progress: dict[str, Any] = {"epoch_records": [], "partial": None, "train_seconds": 0.0}
-    restored = checkpointing.restore_latest_intact(manager, state, workdir)
+    restored = checkpointing.restore_latest_intact(manager, state, workdir, par.replicated)
     if restored is not None:
         state, progress = restored
         say(
             f"resumed from the checkpoint at step {int(state.step)} in {checkpointing.checkpoint_dir(workdir)}"
         )
+    state = par.put_state(state)
+    # Placed once: resharding it inside every step would add a second program per step.
+    train_rng = jax.device_put(train_rng, par.replicated)
     if is_main:
         _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
     splits = input_pipeline.load_splits(config.data_dir, config.validation_fraction, config.split_seed)
@@ -380,18 +399,20 @@ def _train_and_evaluate(
         f"{config.batch_size}; {machine_description()}"
     )
 
-    train_fn, eval_fn = _build_steps(config)
     # Compile before the clock starts so images/s measure steady state.
     t0 = time.perf_counter()
     shape = train_split.images.shape[1:]
-    step_fn = train_fn.lower(
+    step_fn = par.compile_train_step(
+        _train_step_fn(config, par),
         state,
         (
             jax.ShapeDtypeStruct((config.batch_size, *shape), jnp.uint8),
             jax.ShapeDtypeStruct((config.batch_size,), jnp.int32),
         ),
         train_rng,
-    ).compile()
+    )
+    eval_fn = par.compile_eval_step(functools.partial(eval_step, normalize=config.normalize))
+    rows = par.local_rows(config.batch_size)
     compile_seconds = time.perf_counter() - t0
     say(
         f"compiled the train step in {compile_seconds:.1f}s; first step "
@@ -402,9 +423,10 @@ def _train_and_evaluate(
     schedule = learning_rate_schedule(config, steps_per_epoch)
 
     def save(validation_accuracy: float = checkpointing.NOT_EVALUATED) -> None:
-        if not bool(_all_finite(state.params)):
-            raise FloatingPointError(f"parameters are not finite at step {int(state.step)}; not saving them")
-        checkpointing.save(manager, state, progress, validation_accuracy)
+        single = par.single_copy(state)
+        if not bool(jax.jit(parallel.all_finite)(single.params)):
+            raise FloatingPointError(f"parameters are not finite at step {step}; not saving them")
+        checkpointing.save(manager, single, progress, validation_accuracy)
 
     def stop_for_signal(epoch: int) -> None:
         manager.wait_until_finished()
@@ -414,7 +436,7 @@ def _train_and_evaluate(
             "and stopped; rerun the same command to resume"
         )
 
-    step = int(state.step)
+    step = int(par.single_copy(state).step)
     while step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
         epoch += 1
@@ -425,8 +447,10 @@ def _train_and_evaluate(
         batches = input_pipeline.train_batches(
             train_split, config.batch_size, config.seed, epoch, start_step=offset
         )
-        for batch in batches:
-            state, metrics = step_fn(state, batch, train_rng)
+        for images, labels in batches:
+            if len(history) >= MAX_STEPS_IN_FLIGHT:
+                jax.block_until_ready(history[-MAX_STEPS_IN_FLIGHT])
+            state, metrics = step_fn(state, par.put_batch((images[rows], labels[rows])), train_rng)
             history.append(metrics)
             step += 1
             bar.update(step - (epoch - 1) * steps_per_epoch, sync=metrics)
@@ -449,7 +473,7 @@ def _train_and_evaluate(
         sums = _metric_sums(history)
         epoch_seconds = carried["seconds"] + time.perf_counter() - t0
         progress["train_seconds"] += epoch_seconds
-        val = evaluate(eval_fn, state, val_split, config.eval_batch_size)
+        val = evaluate(eval_fn, state, val_split, config.eval_batch_size, par)
         record = {
             "epoch": epoch,
             "train_loss": (carried["loss"] + sums["loss"]) / steps_per_epoch,
@@ -478,14 +502,14 @@ def _train_and_evaluate(
     manager.wait_until_finished()
     log.close()
 
-    test = evaluate(eval_fn, state, test_split, config.eval_batch_size)
+    test = evaluate(eval_fn, state, test_split, config.eval_batch_size, par)
     last = progress["epoch_records"][-1]
     results = {
         "config": config.name,
         "num_params": num_params,
         "num_epochs": config.num_epochs,
         "batch_size": config.batch_size,
-        "step": int(state.step),
+        "step": step,
         "test": test,
         "validation": {"loss": last["validation_loss"], "accuracy": last["validation_accuracy"]},
         "compile_seconds": compile_seconds,
@@ -524,15 +548,16 @@ def evaluate_checkpoint(workdir: str, which: str = "best") -> dict[str, Any]:
     manager = checkpointing.create_manager(workdir, create=False)
     step = checkpointing.select_step(manager, which)
     splits = input_pipeline.load_splits(config.data_dir, config.validation_fraction, config.split_seed)
+    par = parallel.DataParallel("jit")  # Whatever devices this process has.
     _, template = create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=1)
-    state, _ = checkpointing.restore(manager, step, template)
-    _, eval_fn = _build_steps(config)
+    state, _ = checkpointing.restore(manager, step, template, par.replicated)
+    eval_fn = par.compile_eval_step(functools.partial(eval_step, normalize=config.normalize))
     report = {
         "config": config.name,
         "checkpoint": which,
         "step": step,
-        "validation": evaluate(eval_fn, state, splits["validation"], config.eval_batch_size),
-        "test": evaluate(eval_fn, state, splits["test"], config.eval_batch_size),
+        "validation": evaluate(eval_fn, state, splits["validation"], config.eval_batch_size, par),
+        "test": evaluate(eval_fn, state, splits["test"], config.eval_batch_size, par),
         "machine": machine_description(),
     }
     if jax.process_index() == 0:

@@ -1,0 +1,139 @@
+"""Data parallelism over every device: `jax.jit` over a 1-D mesh, or `jax.pmap`.
+
+`config.batch_size` is the global batch. Every process computes the same global
+batch order (a pure function of the seed and epoch); each process feeds only its
+rows of every global batch, and `jax.make_array_from_process_local_data`
+assembles the global array. So 1 device, 8 devices and several processes see the
+same global batches, and only the order of floating-point reductions differs.
+
+- 'jit': the state is replicated (`P()`), the batch sharded `P('data')`; XLA's
+  SPMD partitioner inserts the all-reduces (gradients, batch-norm statistics).
+- 'pmap': the state carries a leading device axis; gradients, metrics and
+  batch-norm statistics are averaged with `lax.pmean` over the axis 'data'.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from fmnist_jax.configuration import ConfigError
+
+AXIS = "data"
+MODES = ("jit", "pmap")
+
+
+class DataParallel:
+    """How state and batches are placed, and how steps are compiled, for one mode."""
+
+    def __init__(self, mode: str = "jit", devices: Sequence[jax.Device] | None = None):
+        if mode not in MODES:
+            raise ConfigError(f"config.parallelism={mode!r}: expected one of {MODES}")
+        self.mode = mode
+        self.devices = list(devices or jax.devices())
+        self.mesh = Mesh(np.asarray(self.devices), (AXIS,))
+        self.batch_sharding = NamedSharding(self.mesh, P(AXIS))
+        self.replicated = NamedSharding(self.mesh, P())
+        self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
+
+    @property
+    def num_devices(self) -> int:
+        return len(self.devices)
+
+    @property
+    def axis_name(self) -> str | None:
+        """The collective axis the model and step use (pmap only)."""
+        return AXIS if self.mode == "pmap" else None
+
+    def check_batch_size(self, batch_size: int, field: str = "batch_size") -> None:
+        if batch_size % self.num_devices:
+            raise ConfigError(
+                f"config.{field}={batch_size} is not divisible by the {self.num_devices} devices "
+                f"(global batch; use a multiple of {self.num_devices})"
+            )
+
+    def local_rows(self, global_batch_size: int) -> slice:
+        """This process's rows of every global batch (its devices' share)."""
+        per_process = global_batch_size * len(self.local_devices) // self.num_devices
+        start = per_process * jax.process_index()
+        return slice(start, start + per_process)
+
+    def put_state(self, state: Any) -> Any:
+        """Places a single-copy state for this mode's step."""
+        if self.mode == "jit":
+            return jax.device_put(state, self.replicated)
+        sharding = NamedSharding(self.mesh, P(AXIS))
+        return jax.tree_util.tree_map(
+            lambda x: jax.make_array_from_process_local_data(
+                sharding, np.stack([np.asarray(x)] * len(self.local_devices))
+            ),
+            state,
+        )
+
+    def single_copy(self, state: Any) -> Any:
+        """The state as one copy (what checkpoints hold): pmap's device axis dropped."""
+        if self.mode == "jit":
+            return state
+        return jax.tree_util.tree_map(_first_copy, state)
+
+    def put_batch(self, arrays: Sequence[np.ndarray]) -> tuple[jax.Array, ...]:
+        """Global arrays from this process's rows (a whole global batch in one process)."""
+        out = []
+        for x in arrays:
+            if self.mode == "pmap":
+                x = x.reshape(len(self.local_devices), -1, *x.shape[1:])
+                sharding = NamedSharding(self.mesh, P(AXIS))
+                out.append(jax.make_array_from_process_local_data(sharding, x))
+            else:
+                out.append(jax.make_array_from_process_local_data(self.batch_sharding, x))
+        return tuple(out)
+
+    def compile_train_step(
+        self, step: Callable[..., Any], state: Any, batch: Sequence[jax.ShapeDtypeStruct], rng: jax.Array
+    ) -> Callable[..., Any]:
+        """AOT-compiles `step(state, batch, rng)`; `batch` holds global shapes."""
+        if self.mode == "jit":
+            jitted = jax.jit(
+                step,
+                in_shardings=(self.replicated, self.batch_sharding, self.replicated),
+                out_shardings=(self.replicated, self.replicated),
+                donate_argnums=0,
+            )
+            return jitted.lower(state, tuple(batch), rng).compile()
+        n = self.num_devices
+        pmapped = jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=0)
+        shaped = tuple(jax.ShapeDtypeStruct((n, b.shape[0] // n, *b.shape[1:]), b.dtype) for b in batch)
+        compiled = pmapped.lower(state, shaped, rng).compile()
+
+        def run(state: Any, batch: Any, rng: jax.Array) -> Any:
+            state, metrics = compiled(state, batch, rng)
+            return state, jax.tree_util.tree_map(_first_copy, metrics)
+
+        return run
+
+    def compile_eval_step(self, step: Callable[..., Any]) -> Callable[..., Any]:
+        """`step(state, batch) -> sums`, summed over devices to one copy."""
+        if self.mode == "jit":
+            return jax.jit(step, in_shardings=(self.replicated, self.batch_sharding))
+        pmapped = jax.pmap(lambda s, b: jax.lax.psum(step(s, b), AXIS), axis_name=AXIS)
+
+        def run(state: Any, batch: Any) -> Any:
+            return jax.tree_util.tree_map(_first_copy, pmapped(state, batch))
+
+        return run
+
+
+def _first_copy(x: jax.Array) -> jax.Array:
+    """This process's first copy of an array with a leading per-device axis."""
+    return x.addressable_shards[0].data.reshape(x.shape[1:])
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """Whether every leaf of `tree` is finite (one reduction per leaf)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
