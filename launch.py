@@ -2,6 +2,7 @@
 
     python launch.py --config=configs/cnn4.py [--workdir=runs/cnn4] [--config.num_epochs=3]
     python launch.py --mode=eval --workdir=runs/cnn4 [--checkpoint=best|latest|STEP]
+    python launch.py --config=... --coordinator_address=HOST:PORT --num_processes=N --process_id=I
 
 Training resumes from the newest checkpoint in the workdir. All logic lives in
 importable, tested library code; this file only parses flags.
@@ -23,11 +24,25 @@ _CONFIG = config_flags.DEFINE_config_file(
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (or resume), or eval a checkpoint.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (train default: runs/<config name>).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "eval: 'best', 'latest' or a step number.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Join a multi-process run, detected by JAX (TPU VMs, SLURM, Open MPI)."
+)
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from fmnist_jax import parallel
+
+    try:
+        parallel.initialize_distributed(
+            _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _DISTRIBUTED.value
+        )
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
     if _MODE.value == "eval":
         if not _WORKDIR.value:
             raise app.UsageError("--mode=eval needs --workdir (the training run's directory)")

@@ -29,6 +29,27 @@ AXIS = "data"
 MODES = ("jit", "pmap")
 
 
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    auto: bool = False,
+) -> None:
+    """Joins a multi-process JAX run; must come before any other JAX call.
+
+    With `coordinator_address` the three values are explicit (e.g. several CPU or
+    GPU processes); with `auto`, JAX detects them (TPU VMs, SLURM, Open MPI).
+    """
+    if coordinator_address:
+        if num_processes is None or process_id is None:
+            raise ValueError("--coordinator_address needs --num_processes and --process_id")
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+        )
+    elif auto:
+        jax.distributed.initialize()
+
+
 class DataParallel:
     """How state and batches are placed, and how steps are compiled, for one mode."""
 
