@@ -21,6 +21,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Data parallelism over all devices: "jit" (sharded over a mesh) or "pmap".
     config.parallelism = "jit"
+    # "bfloat16": activations and matmuls in bfloat16 (GPU/TPU); parameters, optimizer
+    # state and batch-norm statistics stay float32, and so do the logits and the loss.
+    config.compute_dtype = "float32"
 
     # Optimisation.
     config.seed = 0

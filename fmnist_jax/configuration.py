@@ -61,6 +61,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             need(all(0.0 <= float(r) < 1.0 for r in _as_tuple(m[f])), f"model.{f}", "rates must be in [0, 1)")
 
     need(config.parallelism in PARALLELISM, "parallelism", f"expected one of {PARALLELISM}")
+    need(
+        config.compute_dtype in models.COMPUTE_DTYPES,
+        "compute_dtype",
+        f"expected one of {tuple(models.COMPUTE_DTYPES)}",
+    )
     need(config.optimizer in OPTIMIZERS, "optimizer", f"unknown optimizer, expected one of {OPTIMIZERS}")
     need(config.schedule in SCHEDULES, "schedule", f"unknown schedule, expected one of {SCHEDULES}")
     need(config.batch_size >= 1, "batch_size", "must be >= 1")

@@ -58,17 +58,19 @@ class MLP(nn.Module):
     num_classes: int = 10
     activation: str = "relu"
     dropout: float | Sequence[float] = 0.0
+    dtype: Any = jnp.float32  # Compute dtype; parameters stay float32.
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         act = ACTIVATIONS[self.activation]
         rates = _per_layer(self.dropout, len(self.hidden), "dropout")
-        x = x.reshape((x.shape[0], -1))
+        x = x.reshape((x.shape[0], -1)).astype(self.dtype)
         for width, rate in zip(self.hidden, rates, strict=True):
-            x = act(nn.Dense(width, kernel_init=_kernel_init)(x))
+            x = act(nn.Dense(width, kernel_init=_kernel_init, dtype=self.dtype)(x))
             if rate:
                 x = nn.Dropout(rate, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, kernel_init=_kernel_init)(x)
+        logits = nn.Dense(self.num_classes, kernel_init=_kernel_init, dtype=self.dtype)(x)
+        return logits.astype(jnp.float32)
 
 
 class CNN(nn.Module):
@@ -91,6 +93,7 @@ class CNN(nn.Module):
     bn_momentum: float = 0.99
     bn_epsilon: float = 1e-3
     bn_axis_name: str | None = None  # pmap axis to average batch statistics over.
+    dtype: Any = jnp.float32  # Compute dtype; parameters and BN statistics stay float32.
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -100,14 +103,16 @@ class CNN(nn.Module):
         paddings = _per_layer(self.padding, n_conv, "padding")
         conv_rates = _per_layer(self.conv_dropout, n_conv, "conv_dropout")
         dense_rates = _per_layer(self.dense_dropout, len(self.dense_features), "dense_dropout")
+        x = x.astype(self.dtype)
         for feats, k, pad, rate in zip(self.conv_features, kernels, paddings, conv_rates, strict=True):
-            x = nn.Conv(feats, (k, k), padding=pad.upper(), kernel_init=_kernel_init)(x)
+            x = nn.Conv(feats, (k, k), padding=pad.upper(), kernel_init=_kernel_init, dtype=self.dtype)(x)
             if self.batch_norm:
                 x = nn.BatchNorm(
                     use_running_average=not train,
                     momentum=self.bn_momentum,
                     epsilon=self.bn_epsilon,
                     axis_name=self.bn_axis_name if train else None,
+                    dtype=self.dtype,
                 )(x)
             x = act(x)
             if self.pool:
@@ -116,22 +121,34 @@ class CNN(nn.Module):
                 x = nn.Dropout(rate, deterministic=not train)(x)
         x = x.reshape((x.shape[0], -1))
         for width, rate in zip(self.dense_features, dense_rates, strict=True):
-            x = act(nn.Dense(width, kernel_init=_kernel_init)(x))
+            x = act(nn.Dense(width, kernel_init=_kernel_init, dtype=self.dtype)(x))
             if rate:
                 x = nn.Dropout(rate, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, kernel_init=_kernel_init)(x)
+        logits = nn.Dense(self.num_classes, kernel_init=_kernel_init, dtype=self.dtype)(x)
+        return logits.astype(jnp.float32)  # The loss and softmax in float32.
+
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def create_model(
-    model_config: ml_collections.ConfigDict, num_classes: int = 10, axis_name: str | None = None
+    model_config: ml_collections.ConfigDict,
+    num_classes: int = 10,
+    axis_name: str | None = None,
+    compute_dtype: str = "float32",
 ) -> nn.Module:
-    """Builds the network that `config.model` describes (`axis_name`: see CNN.bn_axis_name)."""
+    """Builds the network that `config.model` describes.
+
+    `axis_name`: see CNN.bn_axis_name; `compute_dtype`: activations and matmuls
+    ('bfloat16' on GPU/TPU), while parameters stay float32.
+    """
     fields = dict(model_config)
     name = fields.pop("name")
+    dtype = COMPUTE_DTYPES[compute_dtype]
     if name == "mlp":
-        return MLP(num_classes=num_classes, **fields)
+        return MLP(num_classes=num_classes, dtype=dtype, **fields)
     if name == "cnn":
-        return CNN(num_classes=num_classes, bn_axis_name=axis_name, **fields)
+        return CNN(num_classes=num_classes, bn_axis_name=axis_name, dtype=dtype, **fields)
     raise ValueError(f"model.name={name!r} is not one of {MODELS}")
 
 

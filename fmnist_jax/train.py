@@ -86,7 +86,9 @@ def create_train_state(
 
     `axis_name`: the pmap axis over which batch norm averages its statistics.
     """
-    model = models.create_model(config.model, NUM_CLASSES, axis_name=axis_name)
+    model = models.create_model(
+        config.model, NUM_CLASSES, axis_name=axis_name, compute_dtype=config.get("compute_dtype", "float32")
+    )
     variables = models.init_variables(model, rng)
     state = TrainState.create(
         apply_fn=model.apply,

@@ -88,3 +88,18 @@ def test_unknown_model_name():
     cfg.name = "transformer"
     with pytest.raises(ValueError, match=r"model\.name='transformer'"):
         models.create_model(cfg)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_logits():
+    config = load_config("cnn4")
+    model = models.create_model(config.model, compute_dtype="bfloat16")
+    variables = models.init_variables(model, jax.random.PRNGKey(0))
+    assert {x.dtype for x in jax.tree_util.tree_leaves(variables)} == {jnp.dtype(jnp.float32)}
+    x = jax.random.uniform(jax.random.PRNGKey(1), (4, 28, 28, 1))
+    logits, updates = model.apply(
+        variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(2)}
+    )
+    assert logits.dtype == jnp.float32
+    assert {v.dtype for v in jax.tree_util.tree_leaves(updates)} == {jnp.dtype(jnp.float32)}
+    reference = models.create_model(config.model).apply(variables, x, train=False)
+    np.testing.assert_allclose(model.apply(variables, x, train=False), reference, rtol=0.1, atol=0.1)
