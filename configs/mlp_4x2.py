@@ -5,7 +5,9 @@ scaled pixels (model 2), 10 epochs at batch 32.
 
     python launch.py --config=configs/mlp_4x2.py
 
-Measured here: MEASURED
+Measured here: test accuracy 0.8077 after 10 epochs at batch 32;
+10 s training, 23 s wall, on a 2-core AMD EPYC CPU (2026-11-22, runs/mlp_4x2/results.json;
+other jobs shared the two cores, so times are upper bounds).
 """
 
 import ml_collections
