@@ -368,11 +368,11 @@ def _train_and_evaluate(
     validate_config(config)
     t_launch = time.perf_counter()
     is_main = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
     say: Callable[[str], None] = functools.partial(print, flush=True) if is_main else (lambda s: None)
 
     par = parallel.DataParallel(config.parallelism)
     par.check_batch_size(config.batch_size)
+    os.makedirs(workdir, exist_ok=True)
     steps_per_epoch = input_pipeline.num_train_examples(config.validation_fraction) // config.batch_size
     total_steps = config.num_epochs * steps_per_epoch
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -394,7 +394,6 @@ def _train_and_evaluate(
         _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
     splits = input_pipeline.load_splits(config.data_dir, config.validation_fraction, config.split_seed)
     train_split, val_split, test_split = splits["train"], splits["validation"], splits["test"]
-    assert len(train_split) // config.batch_size == steps_per_epoch
     say(
         f"{config.name}: {num_params:,} parameters; train {len(train_split)}, validation "
         f"{len(val_split)}, test {len(test_split)}; {steps_per_epoch} steps/epoch of "

@@ -41,6 +41,9 @@ def test_validation_fraction_and_seed():
     b_train, b_val = input_pipeline.carve_validation(60_000, 0.2, seed=42)
     _, c_val = input_pipeline.carve_validation(60_000, 0.2, seed=43)
     assert (len(a_train), len(a_val)) == (48_000, 12_000)
+    for fraction in (0.1, 0.2, 0.33333):
+        train_idx, _ = input_pipeline.carve_validation(60_000, fraction, seed=0)
+        assert input_pipeline.num_train_examples(fraction) == len(train_idx)
     np.testing.assert_array_equal(a_val, b_val)
     np.testing.assert_array_equal(a_train, b_train)
     assert not np.array_equal(a_val, c_val)
