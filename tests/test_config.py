@@ -23,8 +23,8 @@ def load_config(name):
     return importlib.import_module(f"configs.{name}").get_config()
 
 
-def test_there_is_one_config_per_seed_model_plus_default():
-    assert len(CONFIGS) == 12 and "default" in CONFIGS
+def test_there_is_one_config_per_seed_model_plus_default_and_accelerator():
+    assert len(CONFIGS) == 13 and {"default", "cnn4_accelerator"} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize("name", [c for c in CONFIGS if c != "default"])
