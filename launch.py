@@ -2,6 +2,7 @@
 
     python launch.py --config=configs/cnn4.py [--workdir=runs/cnn4] [--config.num_epochs=3]
     python launch.py --mode=eval --workdir=runs/cnn4 [--checkpoint=best|latest|STEP]
+    python launch.py --mode=lr_find --config=configs/mlp_4x2.py [--workdir=runs/lr_find]
     python launch.py --config=... --coordinator_address=HOST:PORT --num_processes=N --process_id=I
 
 Training resumes from the newest checkpoint in the workdir. All logic lives in
@@ -21,7 +22,12 @@ from fmnist_jax import configuration, input_pipeline
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/cnn4.py; fields overridable as --config.FIELD=VALUE."
 )
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (or resume), or eval a checkpoint.")
+_MODE = flags.DEFINE_enum(
+    "mode",
+    "train",
+    ["train", "eval", "lr_find"],
+    "train (or resume); eval a checkpoint; lr_find: learning-rate range test.",
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (train default: runs/<config name>).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "eval: 'best', 'latest' or a step number.")
 _DISTRIBUTED = flags.DEFINE_bool(
@@ -67,6 +73,11 @@ def main(argv: list[str]) -> None:
     from fmnist_jax import checkpointing, train  # Imported late: flag errors stay fast.
 
     try:
+        if _MODE.value == "lr_find":
+            from fmnist_jax import lr_finder
+
+            lr_finder.find_learning_rate(config, workdir)
+            return
         train.train_and_evaluate(config, workdir)
     except (checkpointing.CheckpointError, input_pipeline.DatasetNotFoundError, FloatingPointError) as e:
         sys.exit(f"error: {e}")

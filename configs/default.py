@@ -46,6 +46,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.final_lr_fraction = 0.0  # cosine, warmup_cosine: final rate / peak rate.
     config.epochs_per_decade = 20.0  # exponential: rate x10 every this many epochs (<0 decays).
 
+    # --mode=lr_find: the rate grows exponentially from min to max over this many steps.
+    config.lr_find_min = 1e-6
+    config.lr_find_max = 1.0
+    config.lr_find_steps = 300
+
     # Checkpoints in <workdir>/checkpoints (the two newest and the best by validation accuracy).
     config.checkpoint_every_epochs = 1
     config.checkpoint_every_steps = 0  # > 0: also save mid-epoch every this many steps.
