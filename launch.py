@@ -3,6 +3,7 @@
     python launch.py --config=configs/cnn4.py [--workdir=runs/cnn4] [--config.num_epochs=3]
     python launch.py --mode=eval --workdir=runs/cnn4 [--checkpoint=best|latest|STEP]
     python launch.py --mode=lr_find --config=configs/mlp_4x2.py [--workdir=runs/lr_find]
+    python launch.py --mode=predict --workdir=runs/cnn4 --image=a.png [--image=b.jpg ...]
     python launch.py --config=... --coordinator_address=HOST:PORT --num_processes=N --process_id=I
 
 Training resumes from the newest checkpoint in the workdir. All logic lives in
@@ -25,9 +26,10 @@ _CONFIG = config_flags.DEFINE_config_file(
 _MODE = flags.DEFINE_enum(
     "mode",
     "train",
-    ["train", "eval", "lr_find"],
-    "train (or resume); eval a checkpoint; lr_find: learning-rate range test.",
+    ["train", "eval", "lr_find", "predict"],
+    "train (or resume); eval a checkpoint; lr_find: learning-rate range test; predict --image files.",
 )
+_IMAGES = flags.DEFINE_multi_string("image", [], "predict: an image file (repeat for several).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (train default: runs/<config name>).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "eval: 'best', 'latest' or a step number.")
 _DISTRIBUTED = flags.DEFINE_bool(
@@ -49,6 +51,19 @@ def main(argv: list[str]) -> None:
         )
     except ValueError as e:
         raise app.UsageError(str(e)) from e
+    if _MODE.value == "predict":
+        if not _WORKDIR.value or not _IMAGES.value:
+            raise app.UsageError("--mode=predict needs --workdir (a training run) and at least one --image")
+        from fmnist_jax import checkpointing, predict
+
+        try:
+            results = predict.predict_files(_WORKDIR.value, _IMAGES.value, _CHECKPOINT.value)
+        except checkpointing.CheckpointError as e:
+            sys.exit(f"error: {e}")
+        print(predict.format_results(results))
+        if any("error" in r for r in results):
+            sys.exit(1)
+        return
     if _MODE.value == "eval":
         if not _WORKDIR.value:
             raise app.UsageError("--mode=eval needs --workdir (the training run's directory)")

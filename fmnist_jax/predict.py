@@ -1,0 +1,99 @@
+"""Classify user images with a trained checkpoint (--mode=predict).
+
+Each image is converted the way Fashion-MNIST was made: grayscale, the object
+fitted into 28x28 keeping its aspect ratio, on a dark background (an image whose
+border is mostly light is inverted). A file that cannot be used gets one error
+line; the other images are still classified.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from fmnist_jax import CLASS_NAMES, checkpointing, parallel, train
+
+MAX_FILE_BYTES = 50 * 1024 * 1024
+MAX_PIXELS = 50_000_000
+
+
+class ImageError(ValueError):
+    """A file that cannot be classified; the message says why."""
+
+
+def load_image(path: str) -> np.ndarray:
+    """A (28, 28, 1) uint8 image prepared as Fashion-MNIST's were."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not os.path.isfile(path):
+        raise ImageError(f"{path}: no such file")
+    size = os.path.getsize(path)
+    if size > MAX_FILE_BYTES:
+        raise ImageError(f"{path}: {size:,} bytes is larger than the {MAX_FILE_BYTES:,}-byte limit")
+    try:
+        with Image.open(path) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise ImageError(
+                    f"{path}: {img.width}x{img.height} pixels is more than the {MAX_PIXELS:,}-pixel limit"
+                )
+            gray = ImageOps.exif_transpose(img).convert("L")
+    except UnidentifiedImageError as e:
+        raise ImageError(f"{path}: not an image PIL can read") from e
+    except (OSError, Image.DecompressionBombError) as e:
+        raise ImageError(f"{path}: cannot be read as an image ({e})") from e
+    pixels = np.asarray(gray, np.uint8)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    if border.mean() > 127:  # Light background: Fashion-MNIST objects are light on black.
+        gray = ImageOps.invert(gray)
+    fitted = ImageOps.pad(gray, (28, 28), method=Image.Resampling.LANCZOS, color=0)
+    return np.asarray(fitted, np.uint8)[:, :, None]
+
+
+def predict_files(
+    workdir: str, paths: Sequence[str], which: str = "best", top: int = 3
+) -> list[dict[str, Any]]:
+    """Top-`top` classes with probabilities for each path; failures carry an 'error'."""
+    config = train.load_workdir_config(workdir)
+    manager = checkpointing.create_manager(workdir, create=False)
+    step = checkpointing.select_step(manager, which)
+    par = parallel.DataParallel("jit", jax.local_devices()[:1])
+    _, template = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=1)
+    state, _ = checkpointing.restore(manager, step, template, par.replicated)
+    normalize = config.normalize
+
+    @jax.jit
+    def probabilities(images: jax.Array) -> jax.Array:
+        variables = {"params": state.params}
+        if state.batch_stats:
+            variables["batch_stats"] = state.batch_stats
+        logits = state.apply_fn(variables, train.preprocess(images, normalize), train=False)
+        return jax.nn.softmax(logits)
+
+    results: list[dict[str, Any]] = []
+    for path in paths:
+        try:
+            image = load_image(path)
+        except ImageError as e:
+            results.append({"path": path, "error": str(e)})
+            continue
+        probs = np.asarray(probabilities(image[None]))[0]
+        order = np.argsort(-probs)[:top]
+        results.append(
+            {"path": path, "top": [{"class": CLASS_NAMES[i], "probability": float(probs[i])} for i in order]}
+        )
+    return results
+
+
+def format_results(results: Sequence[dict[str, Any]]) -> str:
+    lines = []
+    for r in results:
+        if "error" in r:
+            lines.append(f"error: {r['error']}")
+        else:
+            best = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in r["top"])
+            lines.append(f"{r['path']}: {best}")
+    return "\n".join(lines)
