@@ -51,6 +51,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.lr_find_max = 1.0
     config.lr_find_steps = 300
 
+    # Figures and report.html in <workdir>/report/ at the end of a run.
+    config.write_report = True
+
     # Checkpoints in <workdir>/checkpoints (the two newest and the best by validation accuracy).
     config.checkpoint_every_epochs = 1
     config.checkpoint_every_steps = 0  # > 0: also save mid-epoch every this many steps.

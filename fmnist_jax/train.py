@@ -376,7 +376,7 @@ def _train_and_evaluate(
     steps_per_epoch = input_pipeline.num_train_examples(config.validation_fraction) // config.batch_size
     total_steps = config.num_epochs * steps_per_epoch
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    _, state = create_train_state(config, init_rng, steps_per_epoch, axis_name=par.axis_name)
+    model, state = create_train_state(config, init_rng, steps_per_epoch, axis_name=par.axis_name)
     num_params = models.count_parameters({"params": state.params, "batch_stats": state.batch_stats})
 
     manager = checkpointing.create_manager(workdir)
@@ -501,7 +501,6 @@ def _train_and_evaluate(
             stop_for_signal(epoch)
             return None
     manager.wait_until_finished()
-    log.close()
 
     test = evaluate(eval_fn, state, test_split, config.eval_batch_size, par)
     last = progress["epoch_records"][-1]
@@ -521,11 +520,59 @@ def _train_and_evaluate(
     }
     if is_main:
         _write_json(os.path.join(workdir, "results.json"), results)
+        if config.write_report:
+            _write_report(
+                workdir,
+                config,
+                results,
+                progress["epoch_records"],
+                splits,
+                model,
+                par.single_copy(state),
+                log,
+            )
+    log.close()
     say(
         f"test loss {test['loss']:.4f}  test accuracy {test['accuracy']:.4f}  "
         f"({results['wall_seconds']:.0f}s wall, {progress['train_seconds']:.0f}s training)"
     )
     return results
+
+
+def _write_report(
+    workdir: str,
+    config: ml_collections.ConfigDict,
+    results: dict[str, Any],
+    records: list[dict[str, Any]],
+    splits: dict[str, input_pipeline.Split],
+    model: nn.Module,
+    state: TrainState,
+    log: MetricsLog,
+) -> None:
+    """The figures and report.html of a finished run (process 0 only)."""
+    from fmnist_jax import report
+
+    variables = _variables(state, state.params)
+
+    @jax.jit
+    def predict(images: jax.Array) -> jax.Array:
+        return jnp.argmax(state.apply_fn(variables, preprocess(images, config.normalize), train=False), -1)
+
+    out = report.write_report(
+        workdir,
+        config=config,
+        results=results,
+        records=records,
+        train_images=splits["train"].images,
+        train_labels=splits["train"].labels,
+        test_images=splits["test"].images,
+        test_labels=splits["test"].labels,
+        predict_fn=lambda images: np.asarray(predict(images)),
+        model=model,
+        variables=variables,
+        tensorboard_writer=log.writer,
+    )
+    print(f"figures and report.html in {out}", flush=True)
 
 
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:

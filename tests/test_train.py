@@ -6,6 +6,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import matplotlib.image
 import numpy as np
 import pytest
 
@@ -129,5 +130,20 @@ def test_short_real_mlp_256_run(tmp_path):
     assert [r["epoch"] for r in records] == [1, 2]
     assert {"train_loss", "validation_accuracy", "images_per_second"} <= set(records[0])
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tensorboard"))
+    expected_sizes = {  # (height, width) in pixels
+        "samples.png": (860, 800),
+        "predictions.png": (860, 800),
+        "learning_curves.png": (400, 1000),
+        "confusion_matrix.png": (700, 1600),
+    }
+    for name, size in expected_sizes.items():
+        image = matplotlib.image.imread(tmp_path / "report" / name)
+        assert image.shape[:2] == size, name
+        assert image[..., :3].std() > 0.05, name  # Not blank.
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert all(f'src="{name}"' in page for name in expected_sizes)
+    assert f"{results['test']['accuracy']:.4f}" in page
+    summary = (tmp_path / "report" / "model_summary.txt").read_text()
+    assert "203,530" in summary and "MFLOP" in summary and "\x1b" not in summary
     row = results_lib.markdown_table([str(tmp_path)]).splitlines()[2]
     assert row.startswith(f"| `mlp_256` | 203,530 | 0.8777 | {results['test']['accuracy']:.4f} | 2 | 128 |")
