@@ -552,7 +552,8 @@ def _write_report(
     """The figures and report.html of a finished run (process 0 only)."""
     from fmnist_jax import report
 
-    variables = _variables(state, state.params)
+    # Host copies: process 0 computes alone here, so no global (multi-process) arrays.
+    variables = jax.device_get(_variables(state, state.params))
 
     @jax.jit
     def predict(images: jax.Array) -> jax.Array:
