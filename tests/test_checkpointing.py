@@ -20,9 +20,11 @@ SMALL = [
     "--config.model.conv_features=(8,8)",
     "--config.model.dense_features=(32,)",
     "--config.num_epochs=2",
-    "--config.batch_size=64",
+    "--config.batch_size=128",
     "--config.checkpoint_every_steps=100",
+    "--config.write_report=False",
 ]
+STEPS_PER_EPOCH = 54_000 // 128
 
 
 def small_config():
@@ -30,8 +32,9 @@ def small_config():
     config.model.conv_features = (8, 8)
     config.model.dense_features = (32,)
     config.num_epochs = 2
-    config.batch_size = 64
+    config.batch_size = 128
     config.checkpoint_every_steps = 100
+    config.write_report = False
     return config
 
 
@@ -90,7 +93,7 @@ def test_kill_9_mid_epoch_then_resume_is_bitwise_identical(uninterrupted, tmp_pa
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stdout.read()
     saved = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
-    assert saved and max(saved) < 2 * 843
+    assert saved and max(saved) < 2 * STEPS_PER_EPOCH
     assert not (tmp_path / "results.json").exists()
 
     resumed = launch(*cnn3_args(tmp_path))
@@ -118,7 +121,7 @@ def test_sigterm_saves_and_exits_zero_then_resumes(uninterrupted, tmp_path):
     caught = [line for line in out.splitlines() if line.startswith("caught SIGTERM")]
     assert len(caught) == 1, out
     step = int(caught[0].split("at step ")[1].split()[0])
-    assert 0 < step < 2 * 843
+    assert 0 < step < 2 * STEPS_PER_EPOCH
     manager = checkpointing.create_manager(str(tmp_path), create=False)
     assert manager.latest_step() == step
 
@@ -132,7 +135,7 @@ def test_sigterm_saves_and_exits_zero_then_resumes(uninterrupted, tmp_path):
 def test_eval_mode_reproduces_the_final_numbers(uninterrupted):
     ref_dir, ref_results = uninterrupted
     report = train.evaluate_checkpoint(str(ref_dir), "latest")
-    assert report["step"] == ref_results["step"] == 2 * 843
+    assert report["step"] == ref_results["step"] == 2 * STEPS_PER_EPOCH
     assert report["test"] == ref_results["test"]
     assert report["validation"]["accuracy"] == ref_results["validation"]["accuracy"]
     assert report["validation"]["loss"] == pytest.approx(ref_results["validation"]["loss"], rel=1e-12)
@@ -149,7 +152,7 @@ def test_truncated_newest_checkpoint_falls_back_to_an_intact_one(uninterrupted, 
 
     ref_dir, ref_results = uninterrupted
     shutil.copytree(ref_dir, tmp_path, dirs_exist_ok=True)
-    newest = tmp_path / "checkpoints" / str(2 * 843)
+    newest = tmp_path / "checkpoints" / str(2 * STEPS_PER_EPOCH)
     older = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())[:-1]
     assert older, "the preservation policy keeps an older checkpoint"
     # Truncate the largest data file of the newest checkpoint.
@@ -158,7 +161,7 @@ def test_truncated_newest_checkpoint_falls_back_to_an_intact_one(uninterrupted, 
     with open(victim, "r+b") as f:
         f.truncate(os.path.getsize(victim) // 2)
     results = train.train_and_evaluate(small_config(), str(tmp_path))
-    assert (tmp_path / "checkpoints" / f"corrupt_{2 * 843}").is_dir()
+    assert (tmp_path / "checkpoints" / f"corrupt_{2 * STEPS_PER_EPOCH}").is_dir()
     for step in older:
         assert (tmp_path / "checkpoints" / str(step)).is_dir() or step < max(older)
     assert results["test"] == ref_results["test"]
