@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/cnn4.py
+ARGS ?=
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export TF_CPP_MIN_LOG_LEVEL := 2
 
@@ -28,7 +29,7 @@ data: venv
 	fi
 
 train: data
-	$(PY) launch.py --config=$(CONFIG)
+	$(PY) launch.py --config=$(CONFIG) $(ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .
