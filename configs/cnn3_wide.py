@@ -5,7 +5,9 @@ Seed 000 reported 0.8844 at batch 32 (epochs not given).
 
     python launch.py --config=configs/cnn3_wide.py
 
-Measured here: MEASURED
+Measured here: test accuracy 0.9285 after 8 epochs at batch 32;
+32.0 min training, 33.1 min wall, on a 2-core AMD EPYC CPU (2026-11-22, runs/cnn3_wide/results.json;
+other jobs shared the two cores, so times are upper bounds).
 """
 
 import ml_collections
