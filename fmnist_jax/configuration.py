@@ -83,13 +83,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     need(config.lr_find_max > config.lr_find_min, "lr_find_max", "must be > lr_find_min")
     need(config.lr_find_steps >= 10, "lr_find_steps", "must be >= 10")
     need(config.epochs_per_decade != 0, "epochs_per_decade", "must not be 0")
-    if config.schedule == "warmup_cosine":
-        need(config.warmup_epochs < config.num_epochs, "warmup_epochs", "must be < num_epochs")
     if config.schedule == "one_cycle":
-        need(
-            0 < config.warmup_epochs < config.num_epochs,
-            "warmup_epochs",
-            "one_cycle needs 0 < warmup_epochs < num_epochs (its rising phase)",
-        )
+        need(config.warmup_epochs > 0, "warmup_epochs", "one_cycle needs a rising phase > 0")
     num_train = input_pipeline.num_train_examples(config.validation_fraction)
     need(config.batch_size <= num_train, "batch_size", f"exceeds the {num_train} training examples")

@@ -40,7 +40,8 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
     """The schedule `config.schedule` names, in optimizer steps."""
     lr = config.learning_rate
     total = config.num_epochs * steps_per_epoch
-    warmup = round(config.warmup_epochs * steps_per_epoch)
+    # A run shorter than its warmup (a one-epoch smoke test, say) warms up for half of it.
+    warmup = min(round(config.warmup_epochs * steps_per_epoch), total // 2)
     if config.schedule == "constant":
         return optax.constant_schedule(lr)
     if config.schedule == "exponential":

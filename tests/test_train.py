@@ -81,6 +81,15 @@ def test_cosine_and_warmup_cosine_schedules():
     np.testing.assert_allclose(warm(50), 0.0, atol=1e-9)
 
 
+def test_warmup_longer_than_the_run_is_half_the_run():
+    sched = _schedule(schedule="warmup_cosine", learning_rate=1e-2, num_epochs=1, warmup_epochs=1.0)
+    rates = np.array([sched(s) for s in range(11)])
+    assert int(np.argmax(rates)) == 5
+    np.testing.assert_allclose(rates[5], 1e-2, rtol=1e-5)
+    one_cycle = _schedule(schedule="one_cycle", learning_rate=1e-2, num_epochs=1, warmup_epochs=3.0)
+    assert int(np.argmax([one_cycle(s) for s in range(11)])) == 5
+
+
 def test_one_cycle_schedule_peaks_after_its_rising_phase():
     sched = _schedule(schedule="one_cycle", learning_rate=1e-2, num_epochs=10, warmup_epochs=3.0)
     rates = np.array([sched(s) for s in range(101)])
