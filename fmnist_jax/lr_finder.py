@@ -10,6 +10,7 @@ decreases the loss well, with a margin for the rest of training).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterator
@@ -56,7 +57,9 @@ def find_learning_rate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     init_rng, rng = jax.random.split(jax.random.PRNGKey(config.seed))
     _, state = train.create_train_state(config, init_rng, steps_per_epoch=1)
     # The optimizer's rate is injected so one compiled step serves every rate.
-    tx = optax.inject_hyperparams(_base_optimizer(config))(learning_rate=float(rates[0]))
+    tx = optax.inject_hyperparams(functools.partial(train.make_optimizer, config))(
+        learning_rate=float(rates[0])
+    )
     state = state.replace(tx=tx, opt_state=tx.init(state.params))
     step_fn = jax.jit(
         lambda state, batch, rng, lr: train.train_step(
@@ -104,22 +107,6 @@ def find_learning_rate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         flush=True,
     )
     return result
-
-
-def _base_optimizer(config: ml_collections.ConfigDict) -> Any:
-    if config.optimizer == "adam":
-        return lambda learning_rate: optax.adam(
-            learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps
-        )
-    if config.optimizer == "adamw":
-        return lambda learning_rate: optax.adamw(
-            learning_rate,
-            b1=config.adam_b1,
-            b2=config.adam_b2,
-            eps=config.adam_eps,
-            weight_decay=config.weight_decay,
-        )
-    return lambda learning_rate: optax.sgd(learning_rate, momentum=config.momentum, nesterov=config.nesterov)
 
 
 def _with_rate(opt_state: Any, lr: jax.Array) -> Any:

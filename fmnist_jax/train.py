@@ -64,19 +64,25 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
 
 def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
     """Adam (default), AdamW or SGD with momentum, driven by the configured schedule."""
-    schedule = learning_rate_schedule(config, steps_per_epoch)
+    return make_optimizer(config, learning_rate_schedule(config, steps_per_epoch))
+
+
+def make_optimizer(
+    config: ml_collections.ConfigDict, learning_rate: float | jax.Array | optax.Schedule
+) -> optax.GradientTransformation:
+    """The configured optimizer with a given rate or schedule."""
     if config.optimizer == "adam":
-        return optax.adam(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+        return optax.adam(learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
     if config.optimizer == "adamw":
         return optax.adamw(
-            schedule,
+            learning_rate,
             b1=config.adam_b1,
             b2=config.adam_b2,
             eps=config.adam_eps,
             weight_decay=config.weight_decay,
         )
     if config.optimizer == "sgd":
-        return optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov)
+        return optax.sgd(learning_rate, momentum=config.momentum, nesterov=config.nesterov)
     raise ValueError(f"config.optimizer={config.optimizer!r} is unknown")
 
 
