@@ -15,7 +15,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from fmnist_jax import configuration, input_pipeline
@@ -43,6 +43,8 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this proc
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Library INFO chatter off; --verbosity=0 brings it back.
     from fmnist_jax import parallel
 
     try:
@@ -99,5 +101,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    flags.FLAGS.set_default("verbosity", -1)  # absl: WARNING and above; --verbosity=0 for INFO.
     app.run(main)
