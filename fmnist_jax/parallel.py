@@ -89,10 +89,9 @@ class DataParallel:
         """Places a single-copy state for this mode's step."""
         if self.mode == "jit":
             return jax.device_put(state, self.replicated)
-        sharding = NamedSharding(self.mesh, P(AXIS))
         return jax.tree_util.tree_map(
             lambda x: jax.make_array_from_process_local_data(
-                sharding, np.stack([np.asarray(x)] * len(self.local_devices))
+                self.batch_sharding, np.stack([np.asarray(x)] * len(self.local_devices))
             ),
             state,
         )
@@ -105,15 +104,9 @@ class DataParallel:
 
     def put_batch(self, arrays: Sequence[np.ndarray]) -> tuple[jax.Array, ...]:
         """Global arrays from this process's rows (a whole global batch in one process)."""
-        out = []
-        for x in arrays:
-            if self.mode == "pmap":
-                x = x.reshape(len(self.local_devices), -1, *x.shape[1:])
-                sharding = NamedSharding(self.mesh, P(AXIS))
-                out.append(jax.make_array_from_process_local_data(sharding, x))
-            else:
-                out.append(jax.make_array_from_process_local_data(self.batch_sharding, x))
-        return tuple(out)
+        if self.mode == "pmap":  # A leading per-device axis, sharded the same way.
+            arrays = [x.reshape(len(self.local_devices), -1, *x.shape[1:]) for x in arrays]
+        return tuple(jax.make_array_from_process_local_data(self.batch_sharding, x) for x in arrays)
 
     def compile_train_step(
         self, step: Callable[..., Any], state: Any, batch: Sequence[jax.ShapeDtypeStruct], rng: jax.Array
