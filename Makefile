@@ -8,7 +8,7 @@ ARGS ?=
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: train test test-all lint format data venv clean
+.PHONY: train test test-all lint format data venv clean reproduce
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ data: venv
 
 train: data
 	$(PY) launch.py --config=$(CONFIG) $(ARGS)
+
+# Every seed experiment over 3 seeds -> docs/RESULTS.md. Resumable: rerun to continue.
+reproduce: data
+	$(PY) -m fmnist_jax.reproduce $(ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

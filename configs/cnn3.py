@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
             "dense_dropout": 0.3,
         }
     )
-    config.num_epochs = 10
+    config.num_epochs = 6
     config.batch_size = 32
     config.schedule = "cosine"
     return config

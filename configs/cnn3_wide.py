@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
             "dense_dropout": 0.25,
         }
     )
-    config.num_epochs = 8
+    config.num_epochs = 4
     config.batch_size = 32
     config.schedule = "cosine"
     return config

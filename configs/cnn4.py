@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
             "dense_dropout": 0.3,
         }
     )
-    config.num_epochs = 15
+    config.num_epochs = 8
     config.batch_size = 128
     config.schedule = "warmup_cosine"
     config.warmup_epochs = 1.0

@@ -524,6 +524,7 @@ def _train_and_evaluate(
         "wall_seconds": time.perf_counter() - t_launch,
         "machine": machine_description(),
         "jax_version": jax.__version__,
+        "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     if is_main:
         _write_json(os.path.join(workdir, "results.json"), results)
