@@ -125,7 +125,8 @@ def results_table(root: str, seeds: list[int], rows: tuple[Row, ...] = ROWS) -> 
             continue
         accs = [r["test"]["accuracy"] for r in results]
         mean, std = _mean_std(accs)
-        cfg = results[0]["config_json"]
+        with open(os.path.join(run_dir(root, row, seeds[0]), "config.json")) as f:
+            cfg = json.load(f)
         machines.update(r["machine"] for r in results)
         dates.extend(r.get("finished", "") for r in results)
         total_wall += sum(r["wall_seconds"] for r in results)
