@@ -69,6 +69,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     need(config.optimizer in OPTIMIZERS, "optimizer", f"unknown optimizer, expected one of {OPTIMIZERS}")
     need(config.schedule in SCHEDULES, "schedule", f"unknown schedule, expected one of {SCHEDULES}")
     need(config.batch_size >= 1, "batch_size", "must be >= 1")
+    need(
+        config.get("steps_per_dispatch", 1) >= 0,
+        "steps_per_dispatch",
+        "must be >= 0 (0: one epoch per dispatch)",
+    )
+    need(
+        config.get("steps_per_dispatch", 1) <= 1 or config.parallelism == "jit",
+        "steps_per_dispatch",
+        "scanned steps need parallelism='jit' (pmap runs step by step: use 0 or 1)",
+    )
     need(config.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
     need(config.num_epochs >= 1, "num_epochs", "must be >= 1")
     need(config.learning_rate > 0, "learning_rate", "must be > 0")

@@ -131,6 +131,50 @@ class DataParallel:
 
         return run
 
+    def put_dataset(self, arrays: Sequence[np.ndarray]) -> tuple[jax.Array, ...]:
+        """A whole split, copied once onto every device (for `compile_train_chunk`)."""
+        return tuple(jax.device_put(x, self.replicated) for x in arrays)
+
+    def compile_train_chunk(
+        self,
+        step: Callable[..., Any],
+        state: Any,
+        data: Sequence[jax.Array],
+        num_steps: int,
+        batch_size: int,
+        rng: jax.Array,
+    ) -> Callable[..., Any]:
+        """AOT-compiles `num_steps` applications of `step` as one `lax.scan`.
+
+        The program takes (state, data, indices, rng): `data` is the device-resident
+        split from `put_dataset`, `indices` an int32 (num_steps, batch_size) array of
+        example rows. Each step gathers its batch on the device, shards it over the
+        mesh like `put_batch` does, and runs `step` on it; the metrics come back
+        stacked along a leading step axis. jit mode, one process.
+        """
+        if self.mode != "jit" or jax.process_count() > 1:
+            raise ConfigError(
+                "config.steps_per_dispatch > 1 needs config.parallelism='jit' in a single process; "
+                "set config.steps_per_dispatch=1"
+            )
+        sharding = self.batch_sharding
+
+        def chunk(state: Any, data: Any, indices: jax.Array, rng: jax.Array) -> Any:
+            def body(state: Any, idx: jax.Array) -> Any:
+                batch = jax.lax.with_sharding_constraint(tuple(x[idx] for x in data), sharding)
+                return step(state, batch, rng)
+
+            return jax.lax.scan(body, state, indices)
+
+        jitted = jax.jit(
+            chunk,
+            in_shardings=(self.replicated, self.replicated, self.replicated, self.replicated),
+            out_shardings=(self.replicated, self.replicated),
+            donate_argnums=0,
+        )
+        indices = jax.ShapeDtypeStruct((num_steps, batch_size), jnp.int32)
+        return jitted.lower(state, tuple(data), indices, rng).compile()
+
     def compile_eval_step(self, step: Callable[..., Any]) -> Callable[..., Any]:
         """`step(state, batch) -> sums`, summed over devices to one copy."""
         if self.mode == "jit":

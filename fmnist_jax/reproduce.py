@@ -125,15 +125,13 @@ def results_table(root: str, seeds: list[int], rows: tuple[Row, ...] = ROWS) -> 
             continue
         accs = [r["test"]["accuracy"] for r in results]
         mean, std = _mean_std(accs)
-        with open(os.path.join(run_dir(root, row, seeds[0]), "config.json")) as f:
+        first = next(s for s in seeds if load_result(run_dir(root, row, s)) is not None)
+        with open(os.path.join(run_dir(root, row, first), "config.json")) as f:
             cfg = json.load(f)
         machines.update(r["machine"] for r in results)
         dates.extend(r.get("finished", "") for r in results)
         total_wall += sum(r["wall_seconds"] for r in results)
-        if row.threshold is None:
-            beats = "n/a"
-        else:
-            beats = "yes" if mean > row.threshold else "**no**"
+        beats = "n/a" if row.threshold is None else ("yes" if mean > row.threshold else "**no**")
         train_s = statistics.fmean(r["train_seconds"] for r in results)
         wall_s = statistics.fmean(r["wall_seconds"] for r in results)
         lines.append(
@@ -171,7 +169,9 @@ def write_table(root: str, seeds: list[int], output: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     parser.add_argument("--only", default="", help="comma-separated row names (default: all rows)")
     parser.add_argument("--root", default=os.path.join(ROOT, "runs", "reproduce"), help="run directories")

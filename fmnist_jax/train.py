@@ -303,17 +303,20 @@ def _write_json(path: str, payload: Any) -> None:
 
 
 def _metric_sums(history: list[Metrics]) -> dict[str, float]:
-    """Sums of per-step metrics (one device-to-host transfer)."""
+    """Sums of per-step metrics (one device-to-host transfer). Each entry of
+    `history` holds one step's scalars or a scanned chunk's per-step vectors."""
     if not history:
         return {"loss": 0.0, "accuracy": 0.0}
     host = jax.device_get(history)
-    return {k: float(np.sum([m[k] for m in host], dtype=np.float64)) for k in host[0]}
+    return {
+        k: float(np.sum(np.concatenate([np.ravel(m[k]) for m in host]), dtype=np.float64)) for k in host[0]
+    }
 
 
 def _check_finite_losses(history: list[Metrics], last_step: int, epoch: int) -> None:
     """Raises FloatingPointError naming the first step of `history` (ending at
     `last_step`) whose loss is NaN or inf."""
-    losses = np.asarray(jax.device_get([m["loss"] for m in history]))
+    losses = np.concatenate([np.ravel(x) for x in jax.device_get([m["loss"] for m in history])])
     bad = np.flatnonzero(~np.isfinite(losses))
     if bad.size:
         raise FloatingPointError(
@@ -353,6 +356,23 @@ def _train_step_fn(config: ml_collections.ConfigDict, par: parallel.DataParallel
         label_smoothing=config.label_smoothing,
         axis_name=par.axis_name,
     )
+
+
+def scans_steps(par: parallel.DataParallel) -> bool:
+    """Whether training runs as scanned chunks over a device-resident split (jit,
+    one process), rather than step by step from host batches (pmap, multi-process)."""
+    return par.mode == "jit" and jax.process_count() == 1
+
+
+def steps_per_dispatch(
+    config: ml_collections.ConfigDict, steps_per_epoch: int, par: parallel.DataParallel
+) -> int:
+    """Training steps per host dispatch: `config.steps_per_dispatch`, at most one
+    epoch; 0 means a whole epoch. Always 1 where steps are not scanned."""
+    if not scans_steps(par):
+        return 1
+    n = config.get("steps_per_dispatch", 1)
+    return steps_per_epoch if n == 0 else min(n, steps_per_epoch)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
@@ -410,15 +430,36 @@ def _train_and_evaluate(
     # Compile before the clock starts so images/s measure steady state.
     t0 = time.perf_counter()
     shape = train_split.images.shape[1:]
-    step_fn = par.compile_train_step(
-        _train_step_fn(config, par),
-        state,
-        (
-            jax.ShapeDtypeStruct((config.batch_size, *shape), jnp.uint8),
-            jax.ShapeDtypeStruct((config.batch_size,), jnp.int32),
-        ),
-        train_rng,
-    )
+    dispatch = steps_per_dispatch(config, steps_per_epoch, par)
+    scanned = scans_steps(par)
+    if not scanned:
+        step_fn = par.compile_train_step(
+            _train_step_fn(config, par),
+            state,
+            (
+                jax.ShapeDtypeStruct((config.batch_size, *shape), jnp.uint8),
+                jax.ShapeDtypeStruct((config.batch_size,), jnp.int32),
+            ),
+            train_rng,
+        )
+    else:  # The training split lives on the device(s) for the whole run.
+        device_data = par.put_dataset((train_split.images, train_split.labels.astype(np.int32)))
+        state_shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+        chunk_fns: dict[int, Callable[..., Any]] = {}
+
+        def chunk_fn(num_steps: int) -> Callable[..., Any]:
+            if num_steps not in chunk_fns:  # A short chunk (resume, checkpoint) compiles once.
+                chunk_fns[num_steps] = par.compile_train_chunk(
+                    _train_step_fn(config, par),
+                    state_shapes,
+                    device_data,
+                    num_steps,
+                    config.batch_size,
+                    train_rng,
+                )
+            return chunk_fns[num_steps]
+
+        chunk_fn(dispatch)
     eval_fn = par.compile_eval_step(functools.partial(eval_step, normalize=config.normalize))
     rows = par.local_rows(config.batch_size)
     compile_seconds = time.perf_counter() - t0
@@ -452,19 +493,28 @@ def _train_and_evaluate(
         bar = ProgressBar(steps_per_epoch, enabled=None if is_main else False)
         t0 = time.perf_counter()
         history: list[Metrics] = []
-        batches = input_pipeline.train_batches(
-            train_split, config.batch_size, config.seed, epoch, start_step=offset
-        )
-        for images, labels in batches:
+        order = input_pipeline.epoch_order(len(train_split), config.seed, epoch)
+        every = config.checkpoint_every_steps
+        pos = offset  # Steps done in this epoch.
+        while pos < steps_per_epoch:
             if len(history) >= MAX_STEPS_IN_FLIGHT:
                 jax.block_until_ready(history[-MAX_STEPS_IN_FLIGHT])
-            state, metrics = step_fn(state, par.put_batch((images[rows], labels[rows])), train_rng)
+            # Each dispatch ends at the epoch's end and at mid-epoch checkpoints.
+            k = min(dispatch, steps_per_epoch - pos, every - step % every if every > 0 else dispatch)
+            rows_of_epoch = order[pos * config.batch_size : (pos + k) * config.batch_size]
+            if not scanned:  # Step by step: the batch is gathered on the host.
+                idx = rows_of_epoch[rows]
+                batch = par.put_batch((train_split.images[idx], train_split.labels[idx]))
+                state, metrics = step_fn(state, batch, train_rng)
+            else:  # k steps in one program, batches gathered on the device.
+                indices = jax.device_put(rows_of_epoch.reshape(k, config.batch_size), par.replicated)
+                state, metrics = chunk_fn(k)(state, device_data, indices, train_rng)
             history.append(metrics)
-            step += 1
-            bar.update(step - (epoch - 1) * steps_per_epoch, sync=metrics)
-            if step % steps_per_epoch == 0:
+            step += k
+            pos += k
+            bar.update(pos, sync=metrics)
+            if pos == steps_per_epoch:
                 break  # The epoch-end branch below saves, and handles signals.
-            every = config.checkpoint_every_steps
             if guard.signal_name or (every > 0 and step % every == 0):
                 _check_finite_losses(history, step, epoch)
                 sums = _metric_sums(history)
