@@ -8,7 +8,7 @@ ARGS ?=
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: train test test-all lint format data venv clean reproduce
+.PHONY: train test test-all lint format data venv clean reproduce bench
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ train: data
 # Every seed experiment over 3 seeds -> docs/RESULTS.md. Resumable: rerun to continue.
 reproduce: data
 	$(PY) -m fmnist_jax.reproduce $(ARGS)
+
+# Speed against TF Keras (and PyTorch if installed), in one run -> docs/benchmark.json.
+bench: data
+	$(PY) -m fmnist_jax.benchmark --time_to_accuracy $(ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -4,6 +4,7 @@
     python launch.py --mode=eval --workdir=runs/cnn4 [--checkpoint=best|latest|STEP]
     python launch.py --mode=lr_find --config=configs/mlp_4x2.py [--workdir=runs/lr_find]
     python launch.py --mode=predict --workdir=runs/cnn4 --image=a.png [--image=b.jpg ...]
+    python launch.py --mode=best_of_n --config=configs/cnn2_dropout.py [--config.best_of_n=4]
     python launch.py --config=... --coordinator_address=HOST:PORT --num_processes=N --process_id=I
 
 Training resumes from the newest checkpoint in the workdir. All logic lives in
@@ -26,8 +27,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 _MODE = flags.DEFINE_enum(
     "mode",
     "train",
-    ["train", "eval", "lr_find", "predict"],
-    "train (or resume); eval a checkpoint; lr_find: learning-rate range test; predict --image files.",
+    ["train", "eval", "lr_find", "predict", "best_of_n"],
+    "train (or resume); eval a checkpoint; lr_find: learning-rate range test; predict --image files; "
+    "best_of_n: config.best_of_n models on different validation carves at once, keep the best.",
 )
 _IMAGES = flags.DEFINE_multi_string("image", [], "predict: an image file (repeat for several).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (train default: runs/<config name>).")
@@ -90,6 +92,11 @@ def main(argv: list[str]) -> None:
     from fmnist_jax import checkpointing, train  # Imported late: flag errors stay fast.
 
     try:
+        if _MODE.value == "best_of_n":
+            from fmnist_jax import best_of_n
+
+            best_of_n.best_of_n(config, workdir)
+            return
         if _MODE.value == "lr_find":
             from fmnist_jax import lr_finder
 

@@ -56,6 +56,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.lr_find_max = 1.0
     config.lr_find_steps = 300
 
+    # --mode=best_of_n (seed 003): this many models, each on its own validation carve
+    # (split seeds split_seed, split_seed + 1, ...), trained at once with jax.vmap.
+    config.best_of_n = 4
+    config.best_of_n_sequential_baseline = False  # Also train them one by one; report the speedup.
+
     # Figures and report.html in <workdir>/report/ at the end of a run.
     config.write_report = True
 

@@ -161,6 +161,14 @@ def _load_tfds_arrays(data_dir: str | None) -> dict[str, np.ndarray]:
     return arrays
 
 
+def load_arrays(data_dir: str | None = None) -> dict[str, np.ndarray]:
+    """tfds's whole train and test splits (train_images, train_labels, test_images,
+    test_labels), preparing the dataset first if needed."""
+    if not is_prepared(data_dir):
+        prepare(data_dir)
+    return _load_tfds_arrays(data_dir)
+
+
 def num_train_examples(validation_fraction: float) -> int:
     """How many training examples remain after carving validation (no data needed)."""
     return NUM_TRAIN - round(NUM_TRAIN * validation_fraction)

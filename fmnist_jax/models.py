@@ -8,6 +8,7 @@ kernels, zero biases, BN momentum 0.99 and epsilon 1e-3), so parameter counts
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -16,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+from jax import lax
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
@@ -44,6 +46,78 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     rows = x[:, :h, :w, :].reshape(n, h // 2, 2, w, c)
     x = jnp.maximum(rows[:, :, 0], rows[:, :, 1]).reshape(n, h // 2, w // 2, 2, c)
     return jnp.maximum(x[:, :, :, 0], x[:, :, :, 1])
+
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+
+def _conv(x: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
+    return lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_NHWC)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv2d(x: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
+    """Stride-1 NHWC/HWIO convolution whose two backward convolutions are written
+    out in the same canonical NHWC/HWIO form as the forward one.
+
+    Same values as `lax.conv_general_dilated` and its autodiff (tested to the bit).
+    The reason: inside a `lax.scan` (the scanned training path) XLA:CPU leaves
+    autodiff's backward convolutions in a transposed layout that its fast kernels do
+    not take, and a cnn2_2x2 step ran 7x slower; written out, they stay fast.
+    """
+    return _conv(x, kernel, padding)
+
+
+def _conv2d_fwd(x: jax.Array, kernel: jax.Array, padding: Padding) -> tuple[jax.Array, Any]:
+    return _conv(x, kernel, padding), (x, kernel)
+
+
+def _conv2d_bwd(padding: Padding, residuals: Any, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x, kernel = residuals
+    kh, kw = kernel.shape[:2]
+    (top, bottom), (left, right) = padding
+    # d/dx: correlate g with the flipped kernel, in and out channels swapped.
+    flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
+    dx = _conv(g, flipped, ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right)))
+    # d/dkernel: input channels as the batch, the batch as the features.
+    dk = _conv(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)), padding)
+    return dx, jnp.transpose(dk, (1, 2, 0, 3))
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+def _conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: Any,
+    lhs_dilation: Any = None,
+    rhs_dilation: Any = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    precision: Any = None,
+) -> jax.Array:
+    """nn.Conv's hook: `conv2d` for what our models use (stride 1, no dilation or
+    groups, NHWC), `lax.conv_general_dilated` for anything else."""
+    plain = (
+        tuple(window_strides) == (1, 1)
+        and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+        and feature_group_count == 1
+        and lhs.ndim == 4
+    )
+    if not plain:
+        return lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+            feature_group_count, precision=precision,
+        )  # fmt: skip
+    if isinstance(padding, str):
+        sizes = rhs.shape[:2]
+        pads = [((k - 1) // 2, k // 2) if padding == "SAME" else (0, 0) for k in sizes]
+    else:
+        pads = [tuple(p) for p in padding]
+    return conv2d(lhs, rhs, (tuple(pads[0]), tuple(pads[1])))
 
 
 def _per_layer(value: Any, count: int, name: str) -> tuple[Any, ...]:
@@ -109,7 +183,14 @@ class CNN(nn.Module):
         dense_rates = _per_layer(self.dense_dropout, len(self.dense_features), "dense_dropout")
         x = x.astype(self.dtype)
         for feats, k, pad, rate in zip(self.conv_features, kernels, paddings, conv_rates, strict=True):
-            x = nn.Conv(feats, (k, k), padding=pad.upper(), kernel_init=_kernel_init, dtype=self.dtype)(x)
+            x = nn.Conv(
+                feats,
+                (k, k),
+                padding=pad.upper(),
+                kernel_init=_kernel_init,
+                dtype=self.dtype,
+                conv_general_dilated=_conv_general_dilated,
+            )(x)
             if self.batch_norm:
                 x = nn.BatchNorm(
                     use_running_average=not train,

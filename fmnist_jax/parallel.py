@@ -162,6 +162,7 @@ class DataParallel:
         def chunk(state: Any, data: Any, indices: jax.Array, rng: jax.Array) -> Any:
             def body(state: Any, idx: jax.Array) -> Any:
                 batch = jax.lax.with_sharding_constraint(tuple(x[idx] for x in data), sharding)
+                batch = jax.lax.optimization_barrier(batch)
                 return step(state, batch, rng)
 
             return jax.lax.scan(body, state, indices)

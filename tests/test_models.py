@@ -103,3 +103,26 @@ def test_bfloat16_compute_keeps_float32_parameters_and_logits():
     assert {v.dtype for v in jax.tree_util.tree_leaves(updates)} == {jnp.dtype(jnp.float32)}
     reference = models.create_model(config.model).apply(variables, x, train=False)
     np.testing.assert_allclose(model.apply(variables, x, train=False), reference, rtol=0.1, atol=0.1)
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "padding", "channels"),
+    [(28, 3, "SAME", (1, 8)), (13, 2, "VALID", (4, 6)), (7, 3, "VALID", (3, 5)), (6, 2, "SAME", (3, 4))],
+)
+def test_conv2d_and_its_gradients_equal_lax(size, kernel, padding, channels):
+    """models.conv2d writes its backward convolutions out by hand: values and both
+    gradients must equal lax.conv_general_dilated's autodiff, bit for bit."""
+    cin, cout = channels
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, cin))
+    w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, cin, cout))
+
+    def reference(x, w):
+        dn = ("NHWC", "HWIO", "NHWC")
+        return jnp.sum(jnp.sin(jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dn)))
+
+    def ours(x, w):
+        return jnp.sum(jnp.sin(models._conv_general_dilated(x, w, (1, 1), padding)))
+
+    np.testing.assert_array_equal(ours(x, w), reference(x, w))
+    for a, b in zip(jax.grad(ours, (0, 1))(x, w), jax.grad(reference, (0, 1))(x, w), strict=True):
+        np.testing.assert_array_equal(a, b)

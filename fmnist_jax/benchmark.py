@@ -1,0 +1,508 @@
+"""Training speed of our JAX path against TF Keras (and PyTorch where installed),
+measured in one run on one machine.
+
+    make bench
+    python -m fmnist_jax.benchmark [--configs=cnn4,mlp_256] [--repeats=3] [--time_to_accuracy]
+
+Every measurement runs in a fresh child process, and the frameworks take turns
+(jax, keras, jax, keras, ...) so that a noisy neighbour hurts all of them alike;
+each figure is the median over `--repeats` such rounds. Per config it reports:
+
+- train img/s: steady state, compilation excluded, batch and float32 as the
+  config says, on the real training split placed on the device and the same
+  shuffled batches training uses, scanned `steps_per_dispatch` steps at a time;
+- synthetic img/s: the same compiled program always fed one fixed batch, and the
+  real/synthetic ratio (what the input path costs);
+- step-by-step img/s: one dispatch per step (`steps_per_dispatch=1`);
+- compile seconds, seconds per epoch, evaluation img/s, peak resident memory of
+  the process (after data, compilation and all timing);
+- the same model in TF Keras (`model.fit` on in-memory arrays, Keras defaults)
+  and its img/s, our ratio to it; PyTorch likewise when `torch` imports;
+- with --time_to_accuracy: seconds from process start until cnn4 first reaches
+  0.9156 test accuracy (seed 000's number), ours vs Keras with the same epoch budget.
+
+Results go to stdout as a table and to --json (default docs/benchmark.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+START = time.perf_counter()  # Process start, near enough: the module is imported first.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET_ACCURACY = 0.9156  # Seed 000's cnn4 test accuracy.
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB.
+
+
+def load_config(name: str) -> Any:
+    sys.path.insert(0, ROOT)
+    return importlib.import_module(f"configs.{name}").get_config()
+
+
+def _timed_steps(config: Any) -> int:
+    """Steps per timed dispatch: about 5 s of work, at most one epoch."""
+    from fmnist_jax import input_pipeline
+
+    steps_per_epoch = input_pipeline.num_train_examples(config.validation_fraction) // config.batch_size
+    per_image_work = 1 if config.model.name == "mlp" else 60  # Rough cost ratio cnn / mlp.
+    return max(10, min(steps_per_epoch, 200_000 // (config.batch_size * per_image_work) + 1))
+
+
+# --------------------------------------------------------------------------- JAX
+
+
+def jax_worker(name: str) -> dict[str, Any]:
+    """Our training path: compile, then time scanned chunks on real and fixed batches."""
+    import jax
+    import numpy as np
+
+    from fmnist_jax import input_pipeline, parallel, train
+
+    config = load_config(name)
+    par = parallel.DataParallel("jit")
+    splits = input_pipeline.load_splits(config.data_dir, config.validation_fraction, config.split_seed)
+    split = splits["train"]
+    batch = config.batch_size
+    steps_per_epoch = len(split) // batch
+    k = _timed_steps(config)
+    rng = jax.random.PRNGKey(1)
+    _, state = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch)
+    state = par.put_state(state)
+    data = par.put_dataset((split.images, split.labels.astype(np.int32)))
+    step = train._train_step_fn(config, par)
+
+    t0 = time.perf_counter()
+    chunk = par.compile_train_chunk(step, state, data, k, batch, rng)
+    compile_seconds = time.perf_counter() - t0
+    single = par.compile_train_chunk(step, state, data, 1, batch, rng)
+
+    order = input_pipeline.epoch_order(len(split), config.seed, 1)
+    real = order[: k * batch].reshape(k, batch).astype(np.int32)
+    fixed = np.tile(real[:1], (k, 1))
+
+    def rate(fn: Any, indices: np.ndarray, dispatches: int) -> float:
+        nonlocal state
+        idx = jax.device_put(indices)
+        state, metrics = fn(state, data, idx, rng)  # Warm-up.
+        jax.block_until_ready(metrics)
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            for _ in range(dispatches):
+                # Indices travel each time, as in training (one transfer per dispatch).
+                state, metrics = fn(state, data, jax.device_put(indices), rng)
+            jax.block_until_ready(metrics)
+            times.append(time.perf_counter() - t)
+        return dispatches * indices.shape[0] * batch / statistics.median(times)
+
+    real_rate = rate(chunk, real, 1)
+    synthetic_rate = rate(chunk, fixed, 1)
+    stepwise_rate = rate(single, real[:1], k)
+
+    eval_fn = par.compile_eval_step(train.eval_step)
+    test = splits["test"]
+    train.evaluate(eval_fn, state, test, config.eval_batch_size, par)  # Compile and warm up.
+    t = time.perf_counter()
+    train.evaluate(eval_fn, state, test, config.eval_batch_size, par)
+    eval_rate = len(test) / (time.perf_counter() - t)
+    return {
+        "framework": "jax",
+        "version": jax.__version__,
+        "train_images_per_second": real_rate,
+        "synthetic_images_per_second": synthetic_rate,
+        "stepwise_images_per_second": stepwise_rate,
+        "steps_per_dispatch": k,
+        "compile_seconds": compile_seconds,
+        "eval_images_per_second": eval_rate,
+        "seconds_per_epoch": steps_per_epoch * batch / real_rate,
+        "peak_rss_mib": peak_rss_mib(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
+# ------------------------------------------------------------------------- Keras
+
+
+def keras_model(config: Any) -> Any:
+    """The config's network in Keras (layers, initializers and BN constants alike)."""
+    import keras
+
+    m = config.model
+    layers: list[Any] = [keras.Input((28, 28, 1))]
+    if m.name == "mlp":
+        layers.append(keras.layers.Flatten())
+        dropouts = m.get("dropout", 0.0)
+        for i, width in enumerate(m.hidden):
+            layers.append(keras.layers.Dense(width, activation=m.get("activation", "relu")))
+            rate = dropouts[i] if isinstance(dropouts, (list, tuple)) else dropouts
+            if rate:
+                layers.append(keras.layers.Dropout(rate))
+    else:
+        n = len(m.conv_features)
+
+        def per_layer(value: Any) -> list[Any]:
+            return list(value) if isinstance(value, (list, tuple)) else [value] * n
+
+        for feats, k, pad, rate in zip(
+            m.conv_features,
+            per_layer(m.get("kernel_size", 3)),
+            per_layer(m.get("padding", "SAME")),
+            per_layer(m.get("conv_dropout", 0.0)),
+            strict=True,
+        ):
+            layers.append(keras.layers.Conv2D(feats, k, padding=pad.lower()))
+            if m.get("batch_norm", False):
+                layers.append(keras.layers.BatchNormalization(momentum=0.99, epsilon=1e-3))
+            layers.append(keras.layers.Activation(m.get("activation", "relu")))
+            if m.get("pool", True):
+                layers.append(keras.layers.MaxPooling2D(2))
+            if rate:
+                layers.append(keras.layers.Dropout(rate))
+        layers.append(keras.layers.Flatten())
+        dense = list(m.get("dense_features", ()))
+        dropouts = m.get("dense_dropout", 0.0)
+        for i, width in enumerate(dense):
+            layers.append(keras.layers.Dense(width, activation=m.get("activation", "relu")))
+            rate = dropouts[i] if isinstance(dropouts, (list, tuple)) else dropouts
+            if rate:
+                layers.append(keras.layers.Dropout(rate))
+    layers.append(keras.layers.Dense(10))
+    return keras.Sequential(layers)
+
+
+def keras_worker(name: str, epochs_to_target: int = 0) -> dict[str, Any]:
+    """TF Keras on the same split and batch size: `fit` on in-memory float32 arrays."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from fmnist_jax import input_pipeline
+
+    config = load_config(name)
+    splits = input_pipeline.load_splits(config.data_dir, config.validation_fraction, config.split_seed)
+    x = splits["train"].images.astype(np.float32) / 255.0
+    y = splits["train"].labels
+    batch = config.batch_size
+    model = keras_model(config)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    result: dict[str, Any] = {
+        "framework": "keras",
+        "version": f"tensorflow {tf.__version__}, keras {keras.__version__}",
+        "num_params": int(model.count_params()),
+    }
+    if epochs_to_target:
+        xt = splits["test"].images.astype(np.float32) / 255.0
+        yt = splits["test"].labels
+        best = 0.0
+        for epoch in range(1, epochs_to_target + 1):
+            model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=True)
+            acc = float(model.evaluate(xt, yt, batch_size=1000, verbose=0)[1])
+            best = max(best, acc)
+            if acc >= TARGET_ACCURACY:
+                result.update(seconds_to_target=time.perf_counter() - START, epochs_to_target=epoch)
+                break
+        result["best_test_accuracy"] = best
+        return result
+    k = _timed_steps(config)
+    n = k * batch
+    t = time.perf_counter()
+    model.fit(x[:n], y[:n], batch_size=batch, epochs=1, verbose=0, shuffle=False)  # Traces and warms up.
+    result["compile_seconds"] = time.perf_counter() - t
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        model.fit(x[:n], y[:n], batch_size=batch, epochs=1, verbose=0, shuffle=False)
+        times.append(time.perf_counter() - t)
+    result["train_images_per_second"] = n / statistics.median(times)
+    result["jit_compile"] = str(model.jit_compile)
+    result["peak_rss_mib"] = peak_rss_mib()
+    return result
+
+
+# ----------------------------------------------------------------------- PyTorch
+
+
+def torch_worker(name: str) -> dict[str, Any]:
+    """PyTorch eager on the same batches (CNN and MLP configs built as in Keras)."""
+    import numpy as np
+    import torch
+
+    from fmnist_jax import input_pipeline
+
+    config = load_config(name)
+    m = config.model
+    nn = torch.nn
+    layers: list[Any] = []
+    if m.name == "mlp":
+        layers.append(nn.Flatten())
+        width_in = 784
+        for width in m.hidden:
+            layers += [nn.Linear(width_in, width), nn.ReLU()]
+            width_in = width
+    else:
+        channels, size = 1, 28
+        for feats in m.conv_features:
+            layers += [
+                nn.Conv2d(channels, feats, 3, padding="same" if m.get("padding", "SAME") == "SAME" else 0)
+            ]
+            if m.get("batch_norm", False):
+                layers.append(nn.BatchNorm2d(feats, eps=1e-3, momentum=0.01))
+            layers += [nn.ReLU(), nn.MaxPool2d(2)]
+            channels, size = feats, size // 2
+        layers.append(nn.Flatten())
+        width_in = channels * size * size
+        for width in m.get("dense_features", ()):
+            layers += [nn.Linear(width_in, width), nn.ReLU()]
+            width_in = width
+    layers.append(nn.Linear(width_in, 10))
+    model = nn.Sequential(*layers)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    splits = input_pipeline.load_splits(config.data_dir, config.validation_fraction, config.split_seed)
+    batch = config.batch_size
+    k = _timed_steps(config)
+    x = torch.from_numpy(splits["train"].images[: k * batch].astype(np.float32) / 255.0).permute(0, 3, 1, 2)
+    y = torch.from_numpy(splits["train"].labels[: k * batch].astype(np.int64))
+
+    def epoch() -> None:
+        for i in range(k):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(
+                model(x[i * batch : (i + 1) * batch]), y[i * batch : (i + 1) * batch]
+            )
+            loss.backward()
+            opt.step()
+
+    epoch()
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        epoch()
+        times.append(time.perf_counter() - t)
+    return {
+        "framework": "torch",
+        "version": torch.__version__,
+        "train_images_per_second": k * batch / statistics.median(times),
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+# ----------------------------------------------------------- time to accuracy
+
+
+def jax_time_to_accuracy(name: str) -> dict[str, Any]:
+    """Our training loop's path from process start: epochs until test accuracy >= target."""
+    import jax
+    import numpy as np
+
+    from fmnist_jax import input_pipeline, parallel, train
+
+    config = load_config(name)
+    par = parallel.DataParallel("jit")
+    splits = input_pipeline.load_splits(config.data_dir, config.validation_fraction, config.split_seed)
+    split = splits["train"]
+    steps = len(split) // config.batch_size
+    init_rng, rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    _, state = train.create_train_state(config, init_rng, steps)
+    state = par.put_state(state)
+    data = par.put_dataset((split.images, split.labels.astype(np.int32)))
+    chunk = par.compile_train_chunk(
+        train._train_step_fn(config, par), state, data, steps, config.batch_size, rng
+    )
+    eval_fn = par.compile_eval_step(train.eval_step)
+    best = 0.0
+    result: dict[str, Any] = {"framework": "jax"}
+    for epoch in range(1, config.num_epochs + 1):
+        order = input_pipeline.epoch_order(len(split), config.seed, epoch)[: steps * config.batch_size]
+        idx = jax.device_put(order.reshape(steps, config.batch_size).astype(np.int32))
+        state, _ = chunk(state, data, idx, rng)
+        acc = train.evaluate(eval_fn, state, splits["test"], config.eval_batch_size, par)["accuracy"]
+        best = max(best, acc)
+        if acc >= TARGET_ACCURACY:
+            result.update(seconds_to_target=time.perf_counter() - START, epochs_to_target=epoch)
+            break
+    result["best_test_accuracy"] = best
+    result["epoch_budget"] = config.num_epochs
+    return result
+
+
+# ------------------------------------------------------------------ the parent
+
+
+def _child(args: list[str]) -> dict[str, Any]:
+    """Runs one measurement in a fresh process and returns its JSON result."""
+    command = [sys.executable, "-m", "fmnist_jax.benchmark", *args]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{' '.join(args)} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def _median(runs: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def _has_torch() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+def machine() -> str:
+    from fmnist_jax.train import machine_description
+
+    return machine_description()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--configs", default="cnn4,mlp_256", help="comma-separated config names")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians are reported")
+    parser.add_argument("--frameworks", default="jax,keras,torch", help="torch is skipped when not installed")
+    parser.add_argument(
+        "--time_to_accuracy", action="store_true", help="also time cnn4 to 0.9156 test accuracy"
+    )
+    parser.add_argument("--json", default=os.path.join(ROOT, "docs", "benchmark.json"))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--epochs_to_target", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:  # A child: one measurement, one JSON line.
+        workers = {
+            "jax": lambda: jax_worker(args.config),
+            "keras": lambda: keras_worker(args.config),
+            "torch": lambda: torch_worker(args.config),
+            "jax_tta": lambda: jax_time_to_accuracy(args.config),
+            "keras_tta": lambda: keras_worker(args.config, args.epochs_to_target),
+        }
+        print(json.dumps(workers[args.worker]()), flush=True)
+        return 0
+
+    names = [n for n in args.configs.split(",") if n]
+    frameworks = [f for f in args.frameworks.split(",") if f]
+    if "torch" in frameworks and not _has_torch():
+        print("torch is not installed: PyTorch is skipped", flush=True)
+        frameworks.remove("torch")
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "repeats": args.repeats,
+        "configs": {},
+    }
+    for name in names:
+        runs: dict[str, list[dict[str, Any]]] = {f: [] for f in frameworks}
+        for r in range(args.repeats):
+            for framework in frameworks:
+                print(f"{name}: round {r + 1}/{args.repeats}, {framework} ...", flush=True)
+                runs[framework].append(_child(["--worker", framework, "--config", name]))
+        summary: dict[str, Any] = {"runs": runs}
+        if "jax" in runs:
+            j = runs["jax"]
+            summary["jax"] = {
+                key: _median(j, key)
+                for key in (
+                    "train_images_per_second",
+                    "synthetic_images_per_second",
+                    "stepwise_images_per_second",
+                    "compile_seconds",
+                    "eval_images_per_second",
+                    "seconds_per_epoch",
+                    "peak_rss_mib",
+                )
+            }
+            summary["jax"]["real_over_synthetic"] = statistics.median(
+                x["train_images_per_second"] / x["synthetic_images_per_second"] for x in j
+            )
+            for other in ("keras", "torch"):
+                if other in runs:
+                    summary[other] = {
+                        "train_images_per_second": _median(runs[other], "train_images_per_second"),
+                        "peak_rss_mib": _median(runs[other], "peak_rss_mib"),
+                    }
+                    # Ratios per round (the two ran back to back), then the median.
+                    summary["jax"][f"over_{other}"] = statistics.median(
+                        a["train_images_per_second"] / b["train_images_per_second"]
+                        for a, b in zip(j, runs[other], strict=True)
+                    )
+        report["configs"][name] = summary
+    if args.time_to_accuracy:
+        config = load_config("cnn4")
+        print("cnn4 time to accuracy: ours ...", flush=True)
+        ours = _child(["--worker", "jax_tta", "--config", "cnn4"])
+        print("cnn4 time to accuracy: keras ...", flush=True)
+        theirs = _child(
+            ["--worker", "keras_tta", "--config", "cnn4", "--epochs_to_target", str(config.num_epochs)]
+        )
+        report["time_to_accuracy"] = {"target": TARGET_ACCURACY, "jax": ours, "keras": theirs}
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(report, f, indent=2)
+    print(markdown(report))
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The benchmark's results as markdown (what docs/PERFORMANCE.md quotes)."""
+    lines = [
+        f"Measured {report['date']} on {report['machine']}; medians of {report['repeats']} interleaved rounds.",
+        "",
+        "| config | ours train img/s | synthetic img/s | real/synthetic | step-by-step img/s | "
+        "compile s | s/epoch | eval img/s | peak RSS MiB | Keras img/s | ours/Keras | PyTorch img/s | ours/PyTorch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in report["configs"].items():
+        j = s.get("jax", {})
+        k = s.get("keras", {})
+        t = s.get("torch", {})
+
+        def fmt(d: dict[str, Any], key: str, spec: str = ",.0f") -> str:
+            return format(d[key], spec) if key in d else "-"
+
+        lines.append(
+            f"| `{name}` | {fmt(j, 'train_images_per_second')} | {fmt(j, 'synthetic_images_per_second')} | "
+            f"{fmt(j, 'real_over_synthetic', '.3f')} | {fmt(j, 'stepwise_images_per_second')} | "
+            f"{fmt(j, 'compile_seconds', '.1f')} | {fmt(j, 'seconds_per_epoch', '.1f')} | "
+            f"{fmt(j, 'eval_images_per_second')} | {fmt(j, 'peak_rss_mib')} | "
+            f"{fmt(k, 'train_images_per_second')} | {fmt(j, 'over_keras', '.2f')}x | "
+            f"{fmt(t, 'train_images_per_second')} | {fmt(j, 'over_torch', '.2f')}{'x' if t else ''} |"
+        )
+    tta = report.get("time_to_accuracy")
+    if tta:
+        lines.append("")
+        for who in ("jax", "keras"):
+            r = tta[who]
+            if "seconds_to_target" in r:
+                lines.append(
+                    f"- {who}: cnn4 reached {tta['target']} test accuracy after epoch {r['epochs_to_target']}, "
+                    f"{r['seconds_to_target']:.0f} s after process start."
+                )
+            else:
+                lines.append(
+                    f"- {who}: cnn4 never reached {tta['target']} within the epoch budget; "
+                    f"best test accuracy {r['best_test_accuracy']:.4f}."
+                )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
