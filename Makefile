@@ -37,7 +37,7 @@ reproduce: data
 
 # Speed against TF Keras (and PyTorch if installed), in one run -> docs/benchmark.json.
 bench: data
-	$(PY) -m fmnist_jax.benchmark --time_to_accuracy $(ARGS)
+	$(PY) -m fmnist_jax.benchmark --time_to_accuracy --ablation $(ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -5,7 +5,8 @@ import os
 # XLA:CPU's fastest path for these models on this jaxlib: YNNPACK for matmuls and
 # reductions, XLA's own (Eigen) kernels for convolutions. 1.4-1.5x faster training
 # steps for cnn4 than jaxlib's default; docs/PERFORMANCE.md has the measurements.
-# Set before JAX's CPU backend starts; an XLA_FLAGS that already names the option wins.
+# Set before JAX's CPU backend starts; an XLA_FLAGS that already names the option wins,
+# and FMNIST_JAX_CPU_FLAGS=0 leaves jaxlib's defaults (the benchmark's ablation does).
 CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=dot,reduce",)
 
 
@@ -16,7 +17,8 @@ def _set_default_xla_flags() -> None:
         os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
 
 
-_set_default_xla_flags()
+if os.environ.get("FMNIST_JAX_CPU_FLAGS", "1") != "0":
+    _set_default_xla_flags()
 
 CLASS_NAMES = (
     "T-shirt/top",

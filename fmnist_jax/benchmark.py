@@ -132,6 +132,63 @@ def jax_worker(name: str) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------------- ablation
+
+# What each CPU choice buys: the scanned cnn4 training rate with one choice undone.
+ABLATIONS = {
+    "ours": "everything as shipped",
+    "jaxlib_default_flags": "jaxlib's default XLA:CPU flags (YNNPACK also for convolutions, elementwise)",
+    "reduce_max_pool": "2x2 pooling as one reduce-max over a reshaped window",
+    "autodiff_conv": "backward convolutions left to autodiff (lax.conv_general_dilated)",
+}
+
+
+def ablation_worker(name: str, variant: str) -> dict[str, Any]:
+    """Scanned-training img/s with one of our CPU choices undone (see ABLATIONS)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from fmnist_jax import input_pipeline, models, parallel, train
+
+    if variant == "reduce_max_pool":
+
+        def reduce_max_pool(x: Any) -> Any:
+            n, h, w, c = x.shape
+            x = x[:, : h // 2 * 2, : w // 2 * 2, :]
+            return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+        models.max_pool_2x2 = reduce_max_pool
+    elif variant == "autodiff_conv":
+        models._conv_general_dilated = jax.lax.conv_general_dilated  # type: ignore[assignment]
+    config = load_config(name)
+    par = parallel.DataParallel("jit")
+    split = input_pipeline.load_splits(config.data_dir, config.validation_fraction, config.split_seed)[
+        "train"
+    ]
+    batch, k = config.batch_size, max(4, _timed_steps(config) // 3)
+    rng = jax.random.PRNGKey(1)
+    _, state = train.create_train_state(config, jax.random.PRNGKey(0), 100)
+    data = par.put_dataset((split.images, split.labels.astype(np.int32)))
+    chunk = par.compile_train_chunk(train._train_step_fn(config, par), state, data, k, batch, rng)
+    idx = jnp.asarray(
+        input_pipeline.epoch_order(len(split), 0, 1)[: k * batch].reshape(k, batch).astype(np.int32)
+    )
+    state, metrics = chunk(state, data, idx, rng)
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        state, metrics = chunk(state, data, idx, rng)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t)
+    return {
+        "variant": variant,
+        "train_images_per_second": k * batch / statistics.median(times),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
 # ------------------------------------------------------------------------- Keras
 
 
@@ -346,10 +403,12 @@ def jax_time_to_accuracy(name: str) -> dict[str, Any]:
 # ------------------------------------------------------------------ the parent
 
 
-def _child(args: list[str]) -> dict[str, Any]:
+def _child(args: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
     """Runs one measurement in a fresh process and returns its JSON result."""
     command = [sys.executable, "-m", "fmnist_jax.benchmark", *args]
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        command, capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})}
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{' '.join(args)} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -380,10 +439,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--time_to_accuracy", action="store_true", help="also time cnn4 to 0.9156 test accuracy"
     )
+    parser.add_argument("--ablation", action="store_true", help="also time cnn4 with each CPU choice undone")
     parser.add_argument("--json", default=os.path.join(ROOT, "docs", "benchmark.json"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--epochs_to_target", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:  # A child: one measurement, one JSON line.
@@ -393,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
             "torch": lambda: torch_worker(args.config),
             "jax_tta": lambda: jax_time_to_accuracy(args.config),
             "keras_tta": lambda: keras_worker(args.config, args.epochs_to_target),
+            "ablation": lambda: ablation_worker(args.config, args.variant),
         }
         print(json.dumps(workers[args.worker]()), flush=True)
         return 0
@@ -444,15 +506,37 @@ def main(argv: list[str] | None = None) -> int:
                         for a, b in zip(j, runs[other], strict=True)
                     )
         report["configs"][name] = summary
+    if args.ablation:
+        runs_by_variant: dict[str, list[float]] = {v: [] for v in ABLATIONS}
+        for r in range(args.repeats):
+            for variant in ABLATIONS:
+                print(f"cnn4 ablation: round {r + 1}/{args.repeats}, {variant} ...", flush=True)
+                env = {"FMNIST_JAX_CPU_FLAGS": "0"} if variant == "jaxlib_default_flags" else None
+                if env and "XLA_FLAGS" in os.environ:
+                    env["XLA_FLAGS"] = " ".join(
+                        f for f in os.environ["XLA_FLAGS"].split() if "ynn_fusion_type" not in f
+                    )
+                out = _child(["--worker", "ablation", "--config", "cnn4", "--variant", variant], env)
+                runs_by_variant[variant].append(out["train_images_per_second"])
+        ours = runs_by_variant["ours"]
+        report["ablation"] = {
+            v: {
+                "what": ABLATIONS[v],
+                "train_images_per_second": statistics.median(x),
+                "ours_over_this": statistics.median(a / b for a, b in zip(ours, x, strict=True)),
+                "runs": x,
+            }
+            for v, x in runs_by_variant.items()
+        }
     if args.time_to_accuracy:
         config = load_config("cnn4")
         print("cnn4 time to accuracy: ours ...", flush=True)
-        ours = _child(["--worker", "jax_tta", "--config", "cnn4"])
+        ours_tta = _child(["--worker", "jax_tta", "--config", "cnn4"])
         print("cnn4 time to accuracy: keras ...", flush=True)
         theirs = _child(
             ["--worker", "keras_tta", "--config", "cnn4", "--epochs_to_target", str(config.num_epochs)]
         )
-        report["time_to_accuracy"] = {"target": TARGET_ACCURACY, "jax": ours, "keras": theirs}
+        report["time_to_accuracy"] = {"target": TARGET_ACCURACY, "jax": ours_tta, "keras": theirs}
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(report, f, indent=2)
@@ -486,6 +570,13 @@ def markdown(report: dict[str, Any]) -> str:
             f"{fmt(k, 'train_images_per_second')} | {fmt(j, 'over_keras', '.2f')}x | "
             f"{fmt(t, 'train_images_per_second')} | {fmt(j, 'over_torch', '.2f')}{'x' if t else ''} |"
         )
+    ablation = report.get("ablation")
+    if ablation:
+        lines += ["", "| cnn4, scanned training, with ... | img/s | ours / this |", "|---|---|---|"]
+        for a in ablation.values():
+            lines.append(
+                f"| {a['what']} | {a['train_images_per_second']:,.0f} | {a['ours_over_this']:.2f}x |"
+            )
     tta = report.get("time_to_accuracy")
     if tta:
         lines.append("")
