@@ -38,3 +38,14 @@ def test_markdown_reports_ratios():
     text = benchmark.markdown(report)
     assert "| `cnn4` | 1,500 |" in text and "0.75x" in text and "0.990" in text
     assert "after epoch 4, 300 s" in text and "never reached 0.9156" in text
+
+
+def test_update_markdown_replaces_only_the_results_block(tmp_path):
+    page = tmp_path / "PERF.md"
+    page.write_text(f"intro\n{benchmark.BEGIN}\nold\n{benchmark.END}\noutro\n")
+    assert benchmark.update_markdown(str(page), "new table")
+    assert page.read_text() == f"intro\n{benchmark.BEGIN}\nnew table\n{benchmark.END}\noutro\n"
+    other = tmp_path / "other.md"
+    other.write_text("no markers")
+    assert not benchmark.update_markdown(str(other), "x")
+    assert other.read_text() == "no markers"
