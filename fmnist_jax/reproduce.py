@@ -89,7 +89,14 @@ def train_one(row: Row, seed: int, workdir: str) -> None:
     with open(log_path, "a") as log:
         log.write(f"\n$ {' '.join(command)}\n")
         log.flush()
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            code = child.wait()
+        except KeyboardInterrupt:
+            # Ctrl-C reached the child too: it saves at the end of its current dispatch.
+            print("waiting for the training run to save a checkpoint (Ctrl-C again: stop now) ...")
+            child.wait()
+            raise
     if code != 0:
         raise RuntimeError(f"{row.name} seed {seed} failed (exit {code}); see {log_path}")
 
