@@ -220,4 +220,8 @@ def test_eight_device_save_restores_on_one_device(tmp_path):
     with open(tmp_path / "results.json") as f:
         results = json.load(f)
     report = train.evaluate_checkpoint(str(tmp_path), "latest")
-    assert report["test"] == results["test"]
+    # Eight devices sum the eval loss in another order than one: the last bits differ.
+    assert report["test"]["loss"] == pytest.approx(results["test"]["loss"], rel=1e-6)
+    assert {k: v for k, v in report["test"].items() if k != "loss"} == {
+        k: v for k, v in results["test"].items() if k != "loss"
+    }
