@@ -18,7 +18,6 @@ the vmapped run over them is measured and written to results.json.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
@@ -30,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fmnist_jax import checkpointing, input_pipeline, models, train
+from fmnist_jax import checkpointing, input_pipeline, models, parallel, train
 from fmnist_jax.configuration import ConfigError, validate_config
 
 
@@ -59,12 +58,7 @@ def _epoch_indices(
 
 def _compile_epoch(config: ml_collections.ConfigDict, states: Any, data: Any, indices: np.ndarray) -> Any:
     """One program: a scan over the epoch's steps of the vmapped train step."""
-    step = functools.partial(
-        train.train_step,
-        normalize=config.normalize,
-        augment_flip=config.augment_flip,
-        label_smoothing=config.label_smoothing,
-    )
+    step = train._train_step_fn(config, parallel.DataParallel("jit"))  # No collective axis.
 
     def epoch(states: Any, data: Any, indices: jax.Array, rngs: jax.Array) -> Any:
         images, labels = data
@@ -80,18 +74,13 @@ def _compile_epoch(config: ml_collections.ConfigDict, states: Any, data: Any, in
 
 
 def _evaluator(config: ml_collections.ConfigDict) -> Callable[..., Any]:
-    """Summed loss and correct count of every model on its own rows (mask 0: padding)."""
+    """train.eval_step (summed loss, confusion matrix) of every model on its own rows."""
 
     def run(states: Any, data: Any, idx: jax.Array, mask: jax.Array) -> Any:
         images, labels = data
 
         def one(state: Any, rows: jax.Array, m: jax.Array) -> Any:
-            logits = state.apply_fn(
-                train._variables(state, state.params), train.preprocess(images[rows], config.normalize)
-            )
-            loss = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[rows][:, None], 1)[:, 0]
-            correct = jnp.argmax(logits, -1) == labels[rows]
-            return jnp.sum(loss * m), jnp.sum(correct * m)
+            return train.eval_step(state, (images[rows], labels[rows], m), normalize=config.normalize)
 
         return jax.vmap(one)(states, idx, mask)
 
@@ -111,11 +100,9 @@ def _evaluate(
         if pad:
             idx = np.concatenate([idx, np.zeros((n_models, pad), idx.dtype)], 1)
             mask = np.concatenate([mask, np.zeros((n_models, pad), np.float32)], 1)
-        batch_loss, batch_correct = jax.device_get(
-            eval_fn(states, data, jnp.asarray(idx, jnp.int32), jnp.asarray(mask))
-        )
-        loss += batch_loss
-        correct += batch_correct
+        sums = jax.device_get(eval_fn(states, data, jnp.asarray(idx, jnp.int32), jnp.asarray(mask)))
+        loss += sums["loss_sum"]
+        correct += np.trace(sums["confusion"], axis1=1, axis2=2)
     return loss / n, correct / n
 
 
