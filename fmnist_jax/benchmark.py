@@ -47,15 +47,33 @@ def peak_rss_mib() -> float:
 
 
 def load_config(name: str) -> Any:
+    """configs/<name>.py's config; `name+key=value+...` overrides top-level fields
+    (values as Python literals), e.g. `cnn4_accelerator+batch_size=4096`."""
+    import ast
+
     sys.path.insert(0, ROOT)
-    return importlib.import_module(f"configs.{name}").get_config()
+    base, *overrides = name.split("+")
+    config = importlib.import_module(f"configs.{base}").get_config()
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or key not in config:
+            raise ValueError(f"{name}: override {item!r} is not key=value for a field of configs/{base}.py")
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parsed = value
+        setattr(config, key, parsed)
+    return config
 
 
-def _timed_steps(config: Any) -> int:
-    """Steps per timed dispatch: about 5 s of work, at most one epoch."""
+def _timed_steps(config: Any, accelerator: bool = False) -> int:
+    """Steps per timed dispatch: about 5 s of CPU work, at most one epoch; on an
+    accelerator one whole epoch (steps are short there)."""
     from fmnist_jax import input_pipeline
 
     steps_per_epoch = input_pipeline.num_train_examples(config.validation_fraction) // config.batch_size
+    if accelerator:
+        return steps_per_epoch
     per_image_work = 1 if config.model.name == "mlp" else 60  # Rough cost ratio cnn / mlp.
     return max(10, min(steps_per_epoch, 200_000 // (config.batch_size * per_image_work) + 1))
 
@@ -76,7 +94,7 @@ def jax_worker(name: str) -> dict[str, Any]:
     split = splits["train"]
     batch = config.batch_size
     steps_per_epoch = len(split) // batch
-    k = _timed_steps(config)
+    k = _timed_steps(config, jax.default_backend() != "cpu")
     rng = jax.random.PRNGKey(1)
     _, state = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch)
     state = par.put_state(state)
@@ -120,6 +138,9 @@ def jax_worker(name: str) -> dict[str, Any]:
     return {
         "framework": "jax",
         "version": jax.__version__,
+        "device": jax.devices()[0].device_kind,
+        "batch_size": batch,
+        "compute_dtype": config.get("compute_dtype", "float32"),
         "train_images_per_second": real_rate,
         "synthetic_images_per_second": synthetic_rate,
         "stepwise_images_per_second": stepwise_rate,
@@ -298,13 +319,23 @@ def keras_worker(name: str, epochs_to_target: int = 0) -> dict[str, Any]:
 
 
 def torch_worker(name: str) -> dict[str, Any]:
-    """PyTorch eager on the same batches (CNN and MLP configs built as in Keras)."""
+    """PyTorch eager on the same batches (CNN and MLP configs built as in Keras).
+
+    On a CUDA machine the model and the timed batches live on the GPU, cuDNN may
+    pick its fastest kernels (`benchmark=True`), and a bfloat16 config runs under
+    `torch.autocast(bfloat16)`, as ours computes in bfloat16 with float32 parameters.
+    """
+    import contextlib
+
     import numpy as np
     import torch
 
     from fmnist_jax import input_pipeline
 
     config = load_config(name)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    torch.backends.cudnn.benchmark = True
     m = config.model
     nn = torch.nn
     layers: list[Any] = []
@@ -330,22 +361,32 @@ def torch_worker(name: str) -> dict[str, Any]:
             layers += [nn.Linear(width_in, width), nn.ReLU()]
             width_in = width
     layers.append(nn.Linear(width_in, 10))
-    model = nn.Sequential(*layers)
+    model = nn.Sequential(*layers).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     splits = input_pipeline.load_splits(config.data_dir, config.validation_fraction, config.split_seed)
     batch = config.batch_size
-    k = _timed_steps(config)
+    k = _timed_steps(config, cuda)
     x = torch.from_numpy(splits["train"].images[: k * batch].astype(np.float32) / 255.0).permute(0, 3, 1, 2)
     y = torch.from_numpy(splits["train"].labels[: k * batch].astype(np.int64))
+    x, y = x.contiguous().to(device), y.to(device)
+    bf16 = config.get("compute_dtype", "float32") == "bfloat16"
+
+    def autocast() -> Any:
+        if bf16:
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def epoch() -> None:
         for i in range(k):
             opt.zero_grad()
-            loss = nn.functional.cross_entropy(
-                model(x[i * batch : (i + 1) * batch]), y[i * batch : (i + 1) * batch]
-            )
+            with autocast():
+                loss = nn.functional.cross_entropy(
+                    model(x[i * batch : (i + 1) * batch]), y[i * batch : (i + 1) * batch]
+                )
             loss.backward()
             opt.step()
+        if cuda:
+            torch.cuda.synchronize()
 
     epoch()
     times = []
@@ -356,6 +397,8 @@ def torch_worker(name: str) -> dict[str, Any]:
     return {
         "framework": "torch",
         "version": torch.__version__,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "autocast_bfloat16": bf16,
         "train_images_per_second": k * batch / statistics.median(times),
         "peak_rss_mib": peak_rss_mib(),
     }
@@ -420,8 +463,8 @@ def _median(runs: list[dict[str, Any]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
-def _has_torch() -> bool:
-    return importlib.util.find_spec("torch") is not None
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 def machine() -> str:
@@ -436,7 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--configs", default="cnn4,mlp_256", help="comma-separated config names")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians are reported")
-    parser.add_argument("--frameworks", default="jax,keras,torch", help="torch is skipped when not installed")
+    parser.add_argument(
+        "--frameworks", default="jax,keras,torch", help="keras and torch are skipped when not installed"
+    )
     parser.add_argument(
         "--time_to_accuracy", action="store_true", help="also time cnn4 to 0.9156 test accuracy"
     )
@@ -446,6 +491,14 @@ def main(argv: list[str] | None = None) -> int:
         "--markdown",
         default=os.path.join(ROOT, "docs", "PERFORMANCE.md"),
         help="file whose block between the benchmark markers gets the results ('' to skip)",
+    )
+    parser.add_argument(
+        "--block",
+        default="benchmark",
+        help="marker name: the results replace <!-- NAME:begin --> ... <!-- NAME:end -->",
+    )
+    parser.add_argument(
+        "--from_json", help="measure nothing: rewrite the markdown block from this earlier --json output"
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
@@ -465,11 +518,17 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(workers[args.worker]()), flush=True)
         return 0
 
+    if args.from_json:
+        with open(args.from_json) as f:
+            report = json.load(f)
+        return _write_markdown(args.markdown, args.block, markdown(report))
+
     names = [n for n in args.configs.split(",") if n]
     frameworks = [f for f in args.frameworks.split(",") if f]
-    if "torch" in frameworks and not _has_torch():
-        print("torch is not installed: PyTorch is skipped", flush=True)
-        frameworks.remove("torch")
+    for framework, module in (("keras", "keras"), ("torch", "torch")):
+        if framework in frameworks and not _installed(module):
+            print(f"{module} is not installed: {framework} is skipped", flush=True)
+            frameworks.remove(framework)
     report: dict[str, Any] = {
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -546,33 +605,42 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(report, f, indent=2)
-    text = markdown(report)
+    print(f"wrote {args.json}")
+    return _write_markdown(args.markdown, args.block, markdown(report))
+
+
+def _write_markdown(path: str, block: str, text: str) -> int:
     print(text)
-    print(f"\nwrote {args.json}")
-    if args.markdown:
-        if update_markdown(args.markdown, text):
-            print(f"updated the results block of {args.markdown}")
+    if path:
+        if update_markdown(path, text, block):
+            print(f"updated the {block} block of {path}")
         else:
-            print(f"{args.markdown} has no {BEGIN} ... {END} block: not changed")
+            begin, end = markers(block)
+            print(f"{path} has no {begin} ... {end} block: not changed")
     return 0
 
 
-BEGIN, END = "<!-- benchmark:begin -->", "<!-- benchmark:end -->"
+def markers(block: str = "benchmark") -> tuple[str, str]:
+    return f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
 
 
-def update_markdown(path: str, text: str) -> bool:
-    """Replaces the text between BEGIN and END in `path`; False if they are absent."""
+BEGIN, END = markers()
+
+
+def update_markdown(path: str, text: str, block: str = "benchmark") -> bool:
+    """Replaces the text between the block's markers in `path`; False if they are absent."""
+    begin, end = markers(block)
     if not os.path.isfile(path):
         return False
     with open(path) as f:
         page = f.read()
-    if BEGIN not in page or END not in page:
+    if begin not in page or end not in page:
         return False
-    head, rest = page.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
+    head, rest = page.split(begin, 1)
+    _, tail = rest.split(end, 1)
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
-        f.write(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+        f.write(f"{head}{begin}\n{text}\n{end}{tail}")
     os.replace(tmp, path)
     return True
 
@@ -582,9 +650,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"Measured {report['date']} on {report['machine']}; medians of {report['repeats']} interleaved rounds.",
         "",
-        "| config | ours train img/s | synthetic img/s | real/synthetic | step-by-step img/s | "
+        "| config | batch, dtype | ours train img/s | synthetic img/s | real/synthetic | step-by-step img/s | "
         "compile s | s/epoch | eval img/s | peak RSS MiB | Keras img/s | ours/Keras | PyTorch img/s | ours/PyTorch |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in report["configs"].items():
         j = s.get("jax", {})
@@ -594,13 +662,19 @@ def markdown(report: dict[str, Any]) -> str:
         def fmt(d: dict[str, Any], key: str, spec: str = ",.0f") -> str:
             return format(d[key], spec) if key in d else "-"
 
+        first = (s.get("runs", {}).get("jax") or [{}])[0]
+        setup = f"{first['batch_size']}, {first['compute_dtype']}" if "batch_size" in first else "-"
+
+        def ratio(key: str) -> str:
+            return f"{j[key]:.2f}x" if key in j else "-"
+
         lines.append(
-            f"| `{name}` | {fmt(j, 'train_images_per_second')} | {fmt(j, 'synthetic_images_per_second')} | "
+            f"| `{name}` | {setup} | {fmt(j, 'train_images_per_second')} | {fmt(j, 'synthetic_images_per_second')} | "
             f"{fmt(j, 'real_over_synthetic', '.3f')} | {fmt(j, 'stepwise_images_per_second')} | "
             f"{fmt(j, 'compile_seconds', '.1f')} | {fmt(j, 'seconds_per_epoch', '.1f')} | "
             f"{fmt(j, 'eval_images_per_second')} | {fmt(j, 'peak_rss_mib')} | "
-            f"{fmt(k, 'train_images_per_second')} | {fmt(j, 'over_keras', '.2f')}x | "
-            f"{fmt(t, 'train_images_per_second')} | {fmt(j, 'over_torch', '.2f')}{'x' if t else ''} |"
+            f"{fmt(k, 'train_images_per_second')} | {ratio('over_keras')} | "
+            f"{fmt(t, 'train_images_per_second')} | {ratio('over_torch')} |"
         )
     ablation = report.get("ablation")
     if ablation:

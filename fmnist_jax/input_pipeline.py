@@ -7,11 +7,20 @@ tfds checks size and sha256 against its registered checksums.
 
 Run `python -m fmnist_jax.input_pipeline [--data_dir=DIR]` to prepare it ahead
 of training.
+
+Where tensorflow-datasets is not installed (an accelerator image without
+TensorFlow, say), the same four IDX files are read directly from
+$FMNIST_JAX_IDX_DIR (default: the Debian package's folder): their upstream bytes
+are checked against tfds's registered sha256 sums and the examples put in the
+order tfds gives them, so splits, seeds and results are the same either way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import hashlib
+import importlib.util
 import os
 import shutil
 import struct
@@ -32,6 +41,14 @@ IDX_FILES = (
 )
 # Upstream gzip modification times (the header Debian rewrote).
 _UPSTREAM_MTIME = {"train": 1504176606, "t10k": 1504176627}
+# sha256 of the upstream files, as tfds registers them (url_checksums/fashion_mnist.txt).
+UPSTREAM_SHA256 = {
+    "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+    "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+    "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+    "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+}
+IDX_DIR_ENV = "FMNIST_JAX_IDX_DIR"
 NUM_TRAIN = 60_000
 NUM_TEST = 10_000
 HOW_TO_GET = (
@@ -62,8 +79,8 @@ class Split:
         return int(self.labels.shape[0])
 
 
-def restore_upstream_gzip(src: str, dst: str) -> None:
-    """Copies a Debian-shipped IDX .gz to `dst` with its upstream gzip header.
+def upstream_gzip_bytes(src: str) -> bytes:
+    """A Debian-shipped IDX .gz with its upstream gzip header restored.
 
     Debian dropped the FNAME field and changed mtime; the compressed body and
     CRC are untouched, so restoring the header reproduces the upstream bytes.
@@ -75,14 +92,77 @@ def restore_upstream_gzip(src: str, dst: str) -> None:
         raise ValueError(f"{src} is not a gzip file")
     flags = data[3]
     if flags & 0x08:  # FNAME already present: nothing to restore.
-        shutil.copyfile(src, dst)
-        return
+        return data
     if flags != 0:
         raise ValueError(f"{src}: unexpected gzip flags {flags:#x}")
     mtime = _UPSTREAM_MTIME[name.split("-")[0]]
     header = b"\x1f\x8b\x08\x08" + struct.pack("<I", mtime) + data[8:10]
+    return header + name[: -len(".gz")].encode() + b"\0" + data[10:]
+
+
+def restore_upstream_gzip(src: str, dst: str) -> None:
+    """Copies a Debian-shipped IDX .gz to `dst` with its upstream gzip header."""
+    data = upstream_gzip_bytes(src)
     with open(dst, "wb") as f:
-        f.write(header + name[: -len(".gz")].encode() + b"\0" + data[10:])
+        f.write(data)
+
+
+def have_tfds() -> bool:
+    """Whether tensorflow-datasets can be imported here."""
+    return importlib.util.find_spec("tensorflow_datasets") is not None
+
+
+def tfds_order(num_examples: int, split: str) -> np.ndarray:
+    """The order in which tfds stores the examples of an IDX file in `split`.
+
+    tfds's writer sorts examples by the md5 of the split name followed by the
+    example's key, and fashion_mnist's keys are the positions in the file.
+    """
+    salted = hashlib.md5(split.encode())
+
+    def key(i: int) -> bytes:
+        md5 = salted.copy()
+        md5.update(str(i).encode())
+        return md5.digest()  # Big-endian bytes sort like tfds's 128-bit integers.
+
+    return np.array(sorted(range(num_examples), key=key), np.int64)
+
+
+def _read_idx(path: str, magic: int, shape: tuple[int, ...]) -> np.ndarray:
+    name = os.path.basename(path)
+    data = upstream_gzip_bytes(path)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != UPSTREAM_SHA256[name]:
+        raise DatasetNotFoundError(f"{path}: sha256 {digest} is not the upstream file's ({UPSTREAM_SHA256[name]})")
+    raw = gzip.decompress(data)
+    dims = len(shape)
+    header = struct.unpack(f">{1 + dims}I", raw[: 4 * (1 + dims)])
+    if header != (magic, *shape):
+        raise DatasetNotFoundError(f"{path}: IDX header {header}, expected {(magic, *shape)}")
+    return np.frombuffer(raw, np.uint8, offset=4 * (1 + dims)).reshape(shape)
+
+
+def load_idx_arrays(idx_dir: str | None = None) -> dict[str, np.ndarray]:
+    """The train and test splits read from the four IDX files, without TF or tfds.
+
+    Same arrays, in the same order, as tfds's fashion_mnist gives (a test checks).
+    """
+    idx_dir = idx_dir or os.environ.get(IDX_DIR_ENV) or DEBIAN_DIR
+    missing = [f for f in IDX_FILES if not os.path.isfile(os.path.join(idx_dir, f))]
+    if missing:
+        raise DatasetNotFoundError(
+            f"tensorflow-datasets is not installed and {idx_dir} lacks {', '.join(missing)}.\n"
+            f"Install tensorflow-datasets, or point ${IDX_DIR_ENV} at a folder with the four IDX .gz files.\n"
+            + HOW_TO_GET
+        )
+    arrays = {}
+    for split, prefix, n in (("train", "train", NUM_TRAIN), ("test", "t10k", NUM_TEST)):
+        images = _read_idx(os.path.join(idx_dir, f"{prefix}-images-idx3-ubyte.gz"), 2051, (n, 28, 28))
+        labels = _read_idx(os.path.join(idx_dir, f"{prefix}-labels-idx1-ubyte.gz"), 2049, (n,))
+        order = tfds_order(n, split)
+        arrays[f"{split}_images"] = images[order][..., None]
+        arrays[f"{split}_labels"] = labels[order].astype(np.int32)
+    return arrays
 
 
 def _builder(data_dir: str | None) -> Any:
@@ -164,6 +244,8 @@ def _load_tfds_arrays(data_dir: str | None) -> dict[str, np.ndarray]:
 def load_arrays(data_dir: str | None = None) -> dict[str, np.ndarray]:
     """tfds's whole train and test splits (train_images, train_labels, test_images,
     test_labels), preparing the dataset first if needed."""
+    if not have_tfds():
+        return load_idx_arrays()
     if not is_prepared(data_dir):
         prepare(data_dir)
     return _load_tfds_arrays(data_dir)
@@ -199,11 +281,15 @@ def load_splits(
     Validation is carved from tfds's train split with a seeded permutation;
     test is tfds's test split, untouched.
     """
-    if not is_prepared(data_dir):
+    if not have_tfds():
+        arrays = load_idx_arrays()
+    elif not is_prepared(data_dir):
         if not prepare_if_missing:
             raise DatasetNotFoundError(HOW_TO_GET)
         prepare(data_dir)
-    arrays = _load_tfds_arrays(data_dir)
+        arrays = _load_tfds_arrays(data_dir)
+    else:
+        arrays = _load_tfds_arrays(data_dir)
     train_images, train_labels = arrays["train_images"], arrays["train_labels"]
     test_images, test_labels = arrays["test_images"], arrays["test_labels"]
     train_idx, val_idx = carve_validation(len(train_labels), validation_fraction, split_seed)

@@ -27,6 +27,7 @@ def test_markdown_reports_ratios():
             "cnn4": {
                 "jax": {"train_images_per_second": 1500.0, "over_keras": 0.75, "real_over_synthetic": 0.99},
                 "keras": {"train_images_per_second": 2000.0},
+                "runs": {"jax": [{"batch_size": 128, "compute_dtype": "float32"}]},
             }
         },
         "time_to_accuracy": {
@@ -36,7 +37,9 @@ def test_markdown_reports_ratios():
         },
     }
     text = benchmark.markdown(report)
-    assert "| `cnn4` | 1,500 |" in text and "0.75x" in text and "0.990" in text
+    assert "| `cnn4` | 128, float32 | 1,500 |" in text and "0.75x" in text and "0.990" in text
+    row = next(line for line in text.splitlines() if line.startswith("| `cnn4`"))
+    assert row.endswith("| 0.75x | - | - |")  # No PyTorch: its img/s and ratio are dashes.
     assert "after epoch 4, 300 s" in text and "never reached 0.9156" in text
 
 
@@ -49,3 +52,24 @@ def test_update_markdown_replaces_only_the_results_block(tmp_path):
     other.write_text("no markers")
     assert not benchmark.update_markdown(str(other), "x")
     assert other.read_text() == "no markers"
+
+
+def test_named_block_and_from_json_rewrite_only_their_block(tmp_path):
+    import json
+
+    page = tmp_path / "PERF.md"
+    page.write_text(f"a\n{benchmark.BEGIN}\ncpu\n{benchmark.END}\n<!-- h100:begin -->\nold\n<!-- h100:end -->\n")
+    report = {"date": "d", "machine": "1x H100", "repeats": 3, "configs": {"cnn4": {"jax": {}}}}
+    (tmp_path / "r.json").write_text(json.dumps(report))
+    argv = ["--from_json", str(tmp_path / "r.json"), "--markdown", str(page), "--block", "h100"]
+    assert benchmark.main(argv) == 0
+    text = page.read_text()
+    assert f"{benchmark.BEGIN}\ncpu\n{benchmark.END}" in text
+    assert "<!-- h100:begin -->\nMeasured d on 1x H100" in text and "old" not in text
+
+
+def test_config_overrides():
+    config = benchmark.load_config("cnn4+batch_size=512+compute_dtype=bfloat16")
+    assert (config.batch_size, config.compute_dtype, config.model.name) == (512, "bfloat16", "cnn")
+    with pytest.raises(ValueError, match="not key=value"):
+        benchmark.load_config("cnn4+no_such_field=1")

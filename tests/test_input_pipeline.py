@@ -89,6 +89,7 @@ def test_restored_debian_files_match_tfds_checksums(tmp_path):
         input_pipeline.restore_upstream_gzip(os.path.join(input_pipeline.DEBIAN_DIR, name), str(dst))
         data = dst.read_bytes()
         assert (len(data), hashlib.sha256(data).hexdigest()) == registered[name]
+        assert input_pipeline.UPSTREAM_SHA256[name] == registered[name][1]
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path):
@@ -109,3 +110,35 @@ def test_numpy_cache_equals_tfds_and_is_rebuilt_when_damaged(splits):
     for key, value in cached.items():
         np.testing.assert_array_equal(rebuilt[key], value)
     assert os.path.getsize(cache) > 50_000_000
+
+
+def test_idx_reader_without_tfds_gives_tfds_arrays_and_splits(splits, monkeypatch):
+    if not os.path.isdir(input_pipeline.DEBIAN_DIR):
+        pytest.skip("dataset-fashion-mnist is not installed")
+    direct = input_pipeline.load_idx_arrays(input_pipeline.DEBIAN_DIR)
+    via_tfds = input_pipeline._load_tfds_arrays(None)
+    assert direct.keys() == via_tfds.keys()
+    for key, value in via_tfds.items():
+        assert direct[key].dtype == value.dtype, key
+        np.testing.assert_array_equal(direct[key], value, err_msg=key)
+    # With tfds "uninstalled", load_splits takes the IDX path and carves the same splits.
+    monkeypatch.setattr(input_pipeline, "have_tfds", lambda: False)
+    monkeypatch.setenv(input_pipeline.IDX_DIR_ENV, input_pipeline.DEBIAN_DIR)
+    for name, split in input_pipeline.load_splits(validation_fraction=0.1, split_seed=0).items():
+        np.testing.assert_array_equal(split.index, splits[name].index)
+        np.testing.assert_array_equal(split.images, splits[name].images)
+        np.testing.assert_array_equal(split.labels, splits[name].labels)
+
+
+def test_idx_reader_refuses_missing_or_altered_files(tmp_path):
+    if not os.path.isdir(input_pipeline.DEBIAN_DIR):
+        pytest.skip("dataset-fashion-mnist is not installed")
+    with pytest.raises(input_pipeline.DatasetNotFoundError, match="FMNIST_JAX_IDX_DIR"):
+        input_pipeline.load_idx_arrays(str(tmp_path))
+    for name in input_pipeline.IDX_FILES:
+        data = open(os.path.join(input_pipeline.DEBIAN_DIR, name), "rb").read()
+        if name == "t10k-labels-idx1-ubyte.gz":  # One flipped byte in the compressed body.
+            data = data[:100] + bytes([data[100] ^ 1]) + data[101:]
+        (tmp_path / name).write_bytes(data)
+    with pytest.raises(input_pipeline.DatasetNotFoundError, match="t10k-labels-idx1-ubyte.gz: sha256"):
+        input_pipeline.load_idx_arrays(str(tmp_path))
