@@ -464,7 +464,10 @@ def _median(runs: list[dict[str, Any]], key: str) -> float:
 
 
 def _installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def machine() -> str:

@@ -109,7 +109,10 @@ def restore_upstream_gzip(src: str, dst: str) -> None:
 
 def have_tfds() -> bool:
     """Whether tensorflow-datasets can be imported here."""
-    return importlib.util.find_spec("tensorflow_datasets") is not None
+    try:
+        return importlib.util.find_spec("tensorflow_datasets") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def tfds_order(num_examples: int, split: str) -> np.ndarray:

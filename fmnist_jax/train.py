@@ -272,9 +272,13 @@ class MetricsLog:
         self.enabled = enabled
         if not enabled:
             return
-        from clu import metric_writers
+        self.writer: Any = None
+        try:  # clu's SummaryWriter writes through TensorFlow.
+            from clu import metric_writers
 
-        self.writer = metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self.writer = metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard"))
+        except ImportError as e:
+            print(f"TensorBoard summaries are off ({e}); metrics.jsonl is still written.", file=sys.stderr)
         self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "w")  # noqa: SIM115 (closed in close())
         for record in records or []:
             self.jsonl.write(json.dumps(record) + "\n")
@@ -283,13 +287,15 @@ class MetricsLog:
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         if not self.enabled:
             return
-        self.writer.write_scalars(step, dict(scalars))
+        if self.writer is not None:
+            self.writer.write_scalars(step, dict(scalars))
         self.jsonl.write(json.dumps(dict(scalars)) + "\n")
         self.jsonl.flush()
 
     def close(self) -> None:
         if self.enabled:
-            self.writer.close()
+            if self.writer is not None:
+                self.writer.close()
             self.jsonl.close()
 
 
