@@ -668,7 +668,7 @@ def markdown(report: dict[str, Any]) -> str:
         first = (s.get("runs", {}).get("jax") or [{}])[0]
         setup = f"{first['batch_size']}, {first['compute_dtype']}" if "batch_size" in first else "-"
 
-        def ratio(key: str) -> str:
+        def ratio(key: str, j: dict[str, Any] = j) -> str:
             return f"{j[key]:.2f}x" if key in j else "-"
 
         lines.append(

@@ -22,7 +22,6 @@ import gzip
 import hashlib
 import importlib.util
 import os
-import shutil
 import struct
 import sys
 import tempfile
@@ -136,7 +135,9 @@ def _read_idx(path: str, magic: int, shape: tuple[int, ...]) -> np.ndarray:
     data = upstream_gzip_bytes(path)
     digest = hashlib.sha256(data).hexdigest()
     if digest != UPSTREAM_SHA256[name]:
-        raise DatasetNotFoundError(f"{path}: sha256 {digest} is not the upstream file's ({UPSTREAM_SHA256[name]})")
+        raise DatasetNotFoundError(
+            f"{path}: sha256 {digest} is not the upstream file's ({UPSTREAM_SHA256[name]})"
+        )
     raw = gzip.decompress(data)
     dims = len(shape)
     header = struct.unpack(f">{1 + dims}I", raw[: 4 * (1 + dims)])

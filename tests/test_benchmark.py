@@ -58,7 +58,9 @@ def test_named_block_and_from_json_rewrite_only_their_block(tmp_path):
     import json
 
     page = tmp_path / "PERF.md"
-    page.write_text(f"a\n{benchmark.BEGIN}\ncpu\n{benchmark.END}\n<!-- h100:begin -->\nold\n<!-- h100:end -->\n")
+    page.write_text(
+        f"a\n{benchmark.BEGIN}\ncpu\n{benchmark.END}\n<!-- h100:begin -->\nold\n<!-- h100:end -->\n"
+    )
     report = {"date": "d", "machine": "1x H100", "repeats": 3, "configs": {"cnn4": {"jax": {}}}}
     (tmp_path / "r.json").write_text(json.dumps(report))
     argv = ["--from_json", str(tmp_path / "r.json"), "--markdown", str(page), "--block", "h100"]

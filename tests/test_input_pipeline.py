@@ -136,9 +136,10 @@ def test_idx_reader_refuses_missing_or_altered_files(tmp_path):
     with pytest.raises(input_pipeline.DatasetNotFoundError, match="FMNIST_JAX_IDX_DIR"):
         input_pipeline.load_idx_arrays(str(tmp_path))
     for name in input_pipeline.IDX_FILES:
-        data = open(os.path.join(input_pipeline.DEBIAN_DIR, name), "rb").read()
+        with open(os.path.join(input_pipeline.DEBIAN_DIR, name), "rb") as f:
+            data = f.read()
         if name == "t10k-labels-idx1-ubyte.gz":  # One flipped byte in the compressed body.
             data = data[:100] + bytes([data[100] ^ 1]) + data[101:]
         (tmp_path / name).write_bytes(data)
-    with pytest.raises(input_pipeline.DatasetNotFoundError, match="t10k-labels-idx1-ubyte.gz: sha256"):
+    with pytest.raises(input_pipeline.DatasetNotFoundError, match=r"t10k-labels-idx1-ubyte\.gz: sha256"):
         input_pipeline.load_idx_arrays(str(tmp_path))

@@ -156,3 +156,16 @@ def test_short_real_mlp_256_run(tmp_path):
     assert "203,530" in summary and "MFLOP" in summary and "\x1b" not in summary
     row = results_lib.markdown_table([str(tmp_path)]).splitlines()[2]
     assert row.startswith(f"| `mlp_256` | 203,530 | 0.8777 | {results['test']['accuracy']:.4f} | 2 | 128 |")
+
+
+def test_metrics_log_without_tensorboard_still_writes_jsonl(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "clu", None)  # `from clu import ...` now raises ImportError.
+    log = train.MetricsLog(str(tmp_path), records=[{"epoch": 1, "loss": 0.5}])
+    log.write(2, {"epoch": 2, "loss": 0.25})
+    log.close()
+    assert log.writer is None and "TensorBoard summaries are off" in capsys.readouterr().err
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25}]
+    assert not (tmp_path / "tensorboard").exists()
