@@ -8,7 +8,7 @@ images as cnn4's do.
 
     python launch.py --config=configs/cnn4_accelerator.py [--config.seed=K]
 
-Measured on 1x NVIDIA H100 80GB HBM3 (2026-11-23, that command, seeds 0, 1, 2): test
+Measured here on 1x NVIDIA H100 80GB HBM3 (2026-11-23, that command, seeds 0, 1, 2): test
 accuracy 0.9262, 0.9260, 0.9262 (0.9261 ± 0.0001) after 15 epochs; about 1 s of
 training and 25 s wall per run (compilation and the report's figures take the rest).
 With 8 epochs: 0.9236, 0.9219, 0.9215. With the momentum left at 0.99 (float32,

@@ -523,8 +523,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.from_json:
         with open(args.from_json) as f:
-            report = json.load(f)
-        return _write_markdown(args.markdown, args.block, markdown(report))
+            return _write_markdown(args.markdown, args.block, markdown(json.load(f)))
 
     names = [n for n in args.configs.split(",") if n]
     frameworks = [f for f in args.frameworks.split(",") if f]
