@@ -102,6 +102,15 @@ def train_one(row: Row, seed: int, workdir: str) -> None:
         raise RuntimeError(f"{row.name} seed {seed} failed (exit {code}); see {log_path}")
 
 
+def was_resumed(directory: str) -> bool:
+    """Whether the run in `directory` was interrupted and resumed (its train.log says so)."""
+    try:
+        with open(os.path.join(directory, "train.log"), errors="replace") as f:
+            return any(line.startswith("resumed from the checkpoint") for line in f)
+    except OSError:
+        return False
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -126,6 +135,7 @@ def results_table(root: str, seeds: list[int], rows: tuple[Row, ...] = ROWS) -> 
     dates: list[str] = []
     notes = []
     total_wall = 0.0
+    any_resumed = False
     for row in rows:
         results = [r for r in (load_result(run_dir(root, row, s)) for s in seeds) if r is not None]
         if not results:
@@ -142,19 +152,28 @@ def results_table(root: str, seeds: list[int], rows: tuple[Row, ...] = ROWS) -> 
         beats = "n/a" if row.threshold is None else ("yes" if mean > row.threshold else "**no**")
         train_s = statistics.fmean(r["train_seconds"] for r in results)
         wall_s = statistics.fmean(r["wall_seconds"] for r in results)
+        resumed = [
+            s for s in seeds if load_result(run_dir(root, row, s)) and was_resumed(run_dir(root, row, s))
+        ]
+        any_resumed = any_resumed or bool(resumed)
         lines.append(
             f"| `{row.name}` | {results[0]['num_params']:,} | {row.seed_reported} | "
             f"{mean:.4f} ± {std:.4f} | {len(results)}/{len(seeds)} | {min(accs):.4f} / {max(accs):.4f} | "
             f"{beats} | {results[0]['num_epochs']} | {results[0]['batch_size']} | "
-            f"{cfg['schedule']}, {cfg['learning_rate']:g} | {train_s:.0f} | {wall_s:.0f} |"
+            f"{cfg['schedule']}, {cfg['learning_rate']:g} | {train_s:.0f} | {wall_s:.0f}{'*' if resumed else ''} |"
         )
         if row.note:
             notes.append(f"- `{row.name}`: {row.note}.")
+        if resumed:
+            notes.append(
+                f"- `{row.name}`*: seed {', '.join(map(str, resumed))} was interrupted and resumed from its "
+                "checkpoint; its training time adds up all processes, its wall time counts only the last."
+            )
     lines += ["", *notes]
     lines += [
         "",
         f"Machine: {'; '.join(sorted(machines)) or 'none yet'}. "
-        f"Total wall time of the runs shown: {total_wall / 60:.0f} min.",
+        f"Total wall time of the runs shown: {'at least ' if any_resumed else ''}{total_wall / 60:.0f} min.",
     ]
     finished = sorted(d for d in dates if d)
     if finished:

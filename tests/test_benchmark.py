@@ -26,7 +26,11 @@ def test_markdown_reports_ratios():
         "configs": {
             "cnn4": {
                 "jax": {"train_images_per_second": 1500.0, "over_keras": 0.75, "real_over_synthetic": 0.99},
-                "keras": {"train_images_per_second": 2000.0},
+                "keras": {
+                    "train_images_per_second": 2000.0,
+                    "setups": {"fit defaults": 700.0, "jit_compile": 2000.0},
+                    "fastest_setup": "jit_compile",
+                },
                 "runs": {"jax": [{"batch_size": 128, "compute_dtype": "float32"}]},
             }
         },
@@ -40,6 +44,8 @@ def test_markdown_reports_ratios():
     assert "| `cnn4` | 128, float32 | 1,500 |" in text and "0.75x" in text and "0.990" in text
     row = next(line for line in text.splitlines() if line.startswith("| `cnn4`"))
     assert row.endswith("| 0.75x | - | - |")  # No PyTorch: its img/s and ratio are dashes.
+    assert "| config | Keras: fit defaults | Keras: jit_compile |" in text
+    assert "| `cnn4` | 700 | 2,000 |" in text
     assert "after epoch 4, 300 s" in text and "never reached 0.9156" in text
 
 

@@ -40,6 +40,22 @@ def test_finished_runs_are_not_retrained_and_the_table_is_their_mean(tmp_path, m
     line = next(ln for ln in table.splitlines() if ln.startswith("| `mlp_4x2` "))
     assert "0.8200 ± 0.0200" in line and "3/3" in line and "| yes |" in line
     assert "| `cnn4` |" in table and "not run yet" in table  # Every row is listed.
+    assert line.endswith("| 10 | 20 |") and "resumed" not in table
+
+
+def test_resumed_runs_are_flagged_in_the_table(tmp_path):
+    row = next(r for r in reproduce.ROWS if r.name == "mlp_4x2")
+    for seed in (0, 1):
+        _finish(str(tmp_path), row, seed, 0.8)
+    (tmp_path / "mlp_4x2" / "seed1" / "train.log").write_text(
+        "mlp_4x2: ...\nresumed from the checkpoint at step 3374 in x/checkpoints\n"
+    )
+    assert [reproduce.was_resumed(reproduce.run_dir(str(tmp_path), row, s)) for s in (0, 1)] == [False, True]
+    table = reproduce.results_table(str(tmp_path), [0, 1])
+    line = next(ln for ln in table.splitlines() if ln.startswith("| `mlp_4x2` "))
+    assert line.endswith("| 10 | 20* |")
+    assert "- `mlp_4x2`*: seed 1 was interrupted and resumed" in table
+    assert "Total wall time of the runs shown: at least 1 min." in table
 
 
 def test_missing_runs_are_trained_in_seed_major_order(tmp_path, monkeypatch):
