@@ -1,6 +1,22 @@
 """fmnist_jax: functional JAX/Flax experiments on Fashion-MNIST."""
 
 import os
+import time
+
+_IMPORTED_AT = time.perf_counter()
+
+
+def seconds_since_process_start() -> float:
+    """Seconds since this process started (Linux: from /proc; else since this package's import)."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # Field 22: start time in ticks.
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - _IMPORTED_AT
+
 
 # XLA:CPU's fastest path for these models on this jaxlib: YNNPACK for matmuls and
 # reductions, XLA's own (Eigen) kernels for convolutions. 1.4-1.5x faster training

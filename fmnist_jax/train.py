@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
 import os
@@ -21,7 +22,15 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from fmnist_jax import CLASS_NAMES, NUM_CLASSES, checkpointing, input_pipeline, models, parallel
+from fmnist_jax import (
+    CLASS_NAMES,
+    NUM_CLASSES,
+    checkpointing,
+    input_pipeline,
+    models,
+    parallel,
+    seconds_since_process_start,
+)
 from fmnist_jax.configuration import validate_config
 
 Metrics = dict[str, jax.Array]
@@ -86,25 +95,40 @@ def make_optimizer(
     raise ValueError(f"config.optimizer={config.optimizer!r} is unknown")
 
 
-def create_train_state(
-    config: ml_collections.ConfigDict, rng: jax.Array, steps_per_epoch: int, axis_name: str | None = None
-) -> tuple[nn.Module, TrainState]:
-    """The model and its initial TrainState (one copy), initialised from `rng`.
+def train_state_fn(
+    config: ml_collections.ConfigDict, steps_per_epoch: int, axis_name: str | None = None
+) -> tuple[nn.Module, Callable[[jax.Array], TrainState]]:
+    """The model and a function rng -> initial TrainState (one copy).
 
+    Every state it makes shares one model and one optimizer, so states made by
+    it, or their `jax.eval_shape`, fit the same compiled programs.
     `axis_name`: the pmap axis over which batch norm averages its statistics.
     """
     model = models.create_model(
         config.model, NUM_CLASSES, axis_name=axis_name, compute_dtype=config.get("compute_dtype", "float32")
     )
-    variables = models.init_variables(model, rng)
-    state = TrainState.create(
-        apply_fn=model.apply,
-        params=variables["params"],
-        tx=create_optimizer(config, steps_per_epoch),
-        batch_stats=variables.get("batch_stats", {}),
-    )
-    # A strongly typed step: the same program before and after a restore.
-    return model, state.replace(step=jnp.zeros((), jnp.int32))
+    tx = create_optimizer(config, steps_per_epoch)
+
+    def make_state(rng: jax.Array) -> TrainState:
+        variables = models.init_variables(model, rng)
+        state = TrainState.create(
+            apply_fn=model.apply,
+            params=variables["params"],
+            tx=tx,
+            batch_stats=variables.get("batch_stats", {}),
+        )
+        # A strongly typed step: the same program before and after a restore.
+        return state.replace(step=jnp.zeros((), jnp.int32))
+
+    return model, make_state
+
+
+def create_train_state(
+    config: ml_collections.ConfigDict, rng: jax.Array, steps_per_epoch: int, axis_name: str | None = None
+) -> tuple[nn.Module, TrainState]:
+    """The model and its initial TrainState (one copy), initialised from `rng`."""
+    model, make_state = train_state_fn(config, steps_per_epoch, axis_name)
+    return model, make_state(rng)
 
 
 def preprocess(images: jax.Array, normalize: bool) -> jax.Array:
@@ -409,69 +433,85 @@ def _train_and_evaluate(
     steps_per_epoch = input_pipeline.num_train_examples(config.validation_fraction) // config.batch_size
     total_steps = config.num_epochs * steps_per_epoch
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    model, state = create_train_state(config, init_rng, steps_per_epoch, axis_name=par.axis_name)
-    num_params = models.count_parameters({"params": state.params, "batch_stats": state.batch_stats})
-
-    manager = checkpointing.create_manager(workdir)
-    progress: dict[str, Any] = {"epoch_records": [], "partial": None, "train_seconds": 0.0}
-    restored = checkpointing.restore_latest_intact(manager, state, workdir, par.replicated)
-    if restored is not None:
-        state, progress = restored
-        say(
-            f"resumed from the checkpoint at step {int(state.step)} in {checkpointing.checkpoint_dir(workdir)}"
-        )
-    state = par.put_state(state)
     # Placed once: resharding it inside every step would add a second program per step.
     train_rng = jax.device_put(train_rng, par.replicated)
-    if is_main:
-        _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
-    splits = input_pipeline.load_splits(config.data_dir, config.validation_fraction, config.split_seed)
-    train_split, val_split, test_split = splits["train"], splits["validation"], splits["test"]
-    say(
-        f"{config.name}: {num_params:,} parameters; train {len(train_split)}, validation "
-        f"{len(val_split)}, test {len(test_split)}; {steps_per_epoch} steps/epoch of "
-        f"{config.batch_size}; {machine_description()}"
-    )
 
-    # Compile before the clock starts so images/s measure steady state.
-    t0 = time.perf_counter()
-    shape = train_split.images.shape[1:]
-    dispatch = steps_per_dispatch(config, steps_per_epoch, par)
+    # The scanned path's first program compiles from shapes alone in a background
+    # thread while the state is initialised or restored and the data loaded: seconds
+    # off the time to the first step. Other chunk lengths (resume, checkpoints)
+    # compile on demand; the host-fed step compiles once the state is placed.
     scanned = scans_steps(par)
+    dispatch = steps_per_dispatch(config, steps_per_epoch, par)
+    image_shape = (28, 28, 1)
+    num_train = input_pipeline.num_train_examples(config.validation_fraction)
+    data_shapes = (
+        jax.ShapeDtypeStruct((num_train, *image_shape), jnp.uint8),
+        jax.ShapeDtypeStruct((num_train,), jnp.int32),
+    )
+    model, make_state = train_state_fn(config, steps_per_epoch, axis_name=par.axis_name)
+    state_shapes = jax.eval_shape(make_state, init_rng)
+    chunk_fns: dict[int, Any] = {}
+    compile_times: list[float] = []
+
+    def chunk_fn(num_steps: int) -> Callable[..., Any]:
+        if num_steps not in chunk_fns:
+            t = time.perf_counter()
+            chunk_fns[num_steps] = par.compile_train_chunk(
+                _train_step_fn(config, par),
+                state_shapes,
+                data_shapes,
+                num_steps,
+                config.batch_size,
+                train_rng,
+            )
+            compile_times.append(time.perf_counter() - t)
+        return chunk_fns[num_steps]
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        compiling = pool.submit(chunk_fn, dispatch) if scanned else None
+        state = make_state(init_rng)
+        num_params = models.count_parameters({"params": state.params, "batch_stats": state.batch_stats})
+
+        manager = checkpointing.create_manager(workdir)
+        progress: dict[str, Any] = {"epoch_records": [], "partial": None, "train_seconds": 0.0}
+        restored = checkpointing.restore_latest_intact(manager, state, workdir, par.replicated)
+        if restored is not None:
+            state, progress = restored
+            say(
+                f"resumed from the checkpoint at step {int(state.step)} in "
+                f"{checkpointing.checkpoint_dir(workdir)}"
+            )
+        state = par.put_state(state)
+        if is_main:
+            _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+        splits = input_pipeline.load_splits(config.data_dir, config.validation_fraction, config.split_seed)
+        train_split, val_split, test_split = splits["train"], splits["validation"], splits["test"]
+        say(
+            f"{config.name}: {num_params:,} parameters; train {len(train_split)}, validation "
+            f"{len(val_split)}, test {len(test_split)}; {steps_per_epoch} steps/epoch of "
+            f"{config.batch_size}; {machine_description()}"
+        )
+        if compiling is not None:
+            device_data = par.put_dataset((train_split.images, train_split.labels.astype(np.int32)))
+            compiling.result()
     if not scanned:
+        t = time.perf_counter()
         step_fn = par.compile_train_step(
             _train_step_fn(config, par),
             state,
             (
-                jax.ShapeDtypeStruct((config.batch_size, *shape), jnp.uint8),
+                jax.ShapeDtypeStruct((config.batch_size, *image_shape), jnp.uint8),
                 jax.ShapeDtypeStruct((config.batch_size,), jnp.int32),
             ),
             train_rng,
         )
-    else:  # The training split lives on the device(s) for the whole run.
-        device_data = par.put_dataset((train_split.images, train_split.labels.astype(np.int32)))
-        state_shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
-        chunk_fns: dict[int, Callable[..., Any]] = {}
-
-        def chunk_fn(num_steps: int) -> Callable[..., Any]:
-            if num_steps not in chunk_fns:  # A short chunk (resume, checkpoint) compiles once.
-                chunk_fns[num_steps] = par.compile_train_chunk(
-                    _train_step_fn(config, par),
-                    state_shapes,
-                    device_data,
-                    num_steps,
-                    config.batch_size,
-                    train_rng,
-                )
-            return chunk_fns[num_steps]
-
-        chunk_fn(dispatch)
+        compile_times.append(time.perf_counter() - t)
     eval_fn = par.compile_eval_step(functools.partial(eval_step, normalize=config.normalize))
     rows = par.local_rows(config.batch_size)
-    compile_seconds = time.perf_counter() - t0
+    compile_seconds = compile_times[0]
     say(
-        f"compiled the train step in {compile_seconds:.1f}s; first step "
-        f"{time.perf_counter() - t_launch:.1f}s after start"
+        f"compiled the train step in {compile_seconds:.1f}s{' (while loading)' if scanned else ''}; "
+        f"first step {seconds_since_process_start():.1f}s after the process started"
     )
 
     log = MetricsLog(workdir, enabled=is_main, records=progress["epoch_records"])

@@ -126,3 +126,20 @@ def test_conv2d_and_its_gradients_equal_lax(size, kernel, padding, channels):
     np.testing.assert_array_equal(ours(x, w), reference(x, w))
     for a, b in zip(jax.grad(ours, (0, 1))(x, w), jax.grad(reference, (0, 1))(x, w), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        models.CNN(conv_features=(8, 16), dense_features=(32,), batch_norm=True),
+        models.MLP(hidden=(64, 32)),
+    ],
+    ids=["cnn_bn", "mlp"],
+)
+def test_compiled_init_gives_the_bits_of_op_by_op_init(model):
+    rng = jax.random.PRNGKey(7)
+    compiled = models.init_variables(model, rng)
+    eager = model.init(rng, jnp.zeros((1, 28, 28, 1), jnp.float32), train=False)
+    assert jax.tree_util.tree_structure(compiled) == jax.tree_util.tree_structure(eager)
+    for a, b in zip(jax.tree_util.tree_leaves(compiled), jax.tree_util.tree_leaves(eager), strict=True):
+        np.testing.assert_array_equal(a, b)
