@@ -107,8 +107,7 @@ def jax_worker(name: str) -> dict[str, Any]:
     compile_seconds = time.perf_counter() - t0
     single = par.compile_train_chunk(step, state, data, 1, batch, rng)
 
-    order = input_pipeline.epoch_order(len(split), config.seed, 1)
-    real = order[: k * batch].reshape(k, batch).astype(np.int32)
+    real = input_pipeline.epoch_batch_indices(len(split), batch, config.seed, 1)[:k]
     fixed = np.tile(real[:1], (k, 1))
 
     def rate(fn: Any, indices: np.ndarray, dispatches: int) -> float:
@@ -193,9 +192,7 @@ def ablation_worker(name: str, variant: str) -> dict[str, Any]:
     _, state = train.create_train_state(config, jax.random.PRNGKey(0), 100)
     data = par.put_dataset((split.images, split.labels.astype(np.int32)))
     chunk = par.compile_train_chunk(train._train_step_fn(config, par), state, data, k, batch, rng)
-    idx = jnp.asarray(
-        input_pipeline.epoch_order(len(split), 0, 1)[: k * batch].reshape(k, batch).astype(np.int32)
-    )
+    idx = jnp.asarray(input_pipeline.epoch_batch_indices(len(split), batch, 0, 1)[:k])
     state, metrics = chunk(state, data, idx, rng)
     jax.block_until_ready(metrics)
     times = []
@@ -463,8 +460,9 @@ def jax_time_to_accuracy(name: str) -> dict[str, Any]:
     result: dict[str, Any] = {"framework": "jax"}
     result["seconds_to_first_step"] = seconds_since_process_start()  # Data loaded, step compiled.
     for epoch in range(1, config.num_epochs + 1):
-        order = input_pipeline.epoch_order(len(split), config.seed, epoch)[: steps * config.batch_size]
-        idx = jax.device_put(order.reshape(steps, config.batch_size).astype(np.int32))
+        idx = jax.device_put(
+            input_pipeline.epoch_batch_indices(len(split), config.batch_size, config.seed, epoch)
+        )
         state, _ = chunk(state, data, idx, rng)
         acc = train.evaluate(eval_fn, state, splits["test"], config.eval_batch_size, par)["accuracy"]
         best = max(best, acc)

@@ -50,9 +50,9 @@ def _epoch_indices(
     per_model = []
     for i in model_ids:
         train_idx = carves[i][0]
-        order = train_idx[input_pipeline.epoch_order(len(train_idx), seed + i, epoch)]
-        steps = len(order) // batch_size
-        per_model.append(order[: steps * batch_size].reshape(steps, batch_size))
+        per_model.append(
+            train_idx[input_pipeline.epoch_batch_indices(len(train_idx), batch_size, seed + i, epoch)]
+        )
     return np.stack(per_model, axis=1).astype(np.int32)
 
 

@@ -309,6 +309,14 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
+def epoch_batch_indices(num_examples: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
+    """One epoch's batches as rows of an int32 (steps, batch_size) array: the seeded
+    order of `epoch_order`, cut into full batches (the last partial one dropped)."""
+    steps = num_examples // batch_size
+    order = epoch_order(num_examples, seed, epoch)
+    return order[: steps * batch_size].reshape(steps, batch_size).astype(np.int32)
+
+
 def train_batches(
     split: Split, batch_size: int, seed: int, epoch: int, start_step: int = 0
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:

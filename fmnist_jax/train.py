@@ -539,7 +539,7 @@ def _train_and_evaluate(
         bar = ProgressBar(steps_per_epoch, enabled=None if is_main else False)
         t0 = time.perf_counter()
         history: list[Metrics] = []
-        order = input_pipeline.epoch_order(len(train_split), config.seed, epoch)
+        batches = input_pipeline.epoch_batch_indices(len(train_split), config.batch_size, config.seed, epoch)
         every = config.checkpoint_every_steps
         pos = offset  # Steps done in this epoch.
         while pos < steps_per_epoch:
@@ -547,13 +547,12 @@ def _train_and_evaluate(
                 jax.block_until_ready(history[-MAX_STEPS_IN_FLIGHT])
             # Each dispatch ends at the epoch's end and at mid-epoch checkpoints.
             k = min(dispatch, steps_per_epoch - pos, every - step % every if every > 0 else dispatch)
-            rows_of_epoch = order[pos * config.batch_size : (pos + k) * config.batch_size]
             if not scanned:  # Step by step: the batch is gathered on the host.
-                idx = rows_of_epoch[rows]
+                idx = batches[pos][rows]
                 batch = par.put_batch((train_split.images[idx], train_split.labels[idx]))
                 state, metrics = step_fn(state, batch, train_rng)
             else:  # k steps in one program, batches gathered on the device.
-                indices = jax.device_put(rows_of_epoch.reshape(k, config.batch_size), par.replicated)
+                indices = jax.device_put(batches[pos : pos + k], par.replicated)
                 state, metrics = chunk_fn(k)(state, device_data, indices, train_rng)
             history.append(metrics)
             step += k
