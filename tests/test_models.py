@@ -143,3 +143,28 @@ def test_compiled_init_gives_the_bits_of_op_by_op_init(model):
     assert jax.tree_util.tree_structure(compiled) == jax.tree_util.tree_structure(eager)
     for a, b in zip(jax.tree_util.tree_leaves(compiled), jax.tree_util.tree_leaves(eager), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_vmapped_conv_with_per_model_kernels_equals_each_model_alone():
+    """The best-of-N vmap rule: one convolution per model, same bits as each alone,
+    gradients too; with only the images batched, the same values (folded batch)."""
+    kx, kw = jax.random.split(jax.random.PRNGKey(0))
+    x = jax.random.normal(kx, (3, 4, 9, 9, 2))
+    w = jax.random.normal(kw, (3, 3, 3, 2, 5))
+    pad = ((1, 1), (1, 1))
+
+    def loss(w, x):
+        return jnp.sum(models.conv2d(x, w, pad) ** 2)
+
+    out = jax.vmap(lambda a, b: models.conv2d(a, b, pad))(x, w)
+    grads = jax.vmap(jax.grad(loss, argnums=(0, 1)))(w, x)
+    for i in range(3):
+        np.testing.assert_array_equal(out[i], models.conv2d(x[i], w[i], pad))
+        alone = jax.grad(loss, argnums=(0, 1))(w[i], x[i])
+        np.testing.assert_array_equal(grads[0][i], alone[0])
+        np.testing.assert_array_equal(grads[1][i], alone[1])
+    images_only = jax.vmap(lambda a: models.conv2d(a, w[0], pad))(x)
+    expected = jax.lax.conv_general_dilated(
+        x.reshape(12, 9, 9, 2), w[0], (1, 1), pad, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    np.testing.assert_allclose(images_only, expected.reshape(3, 4, 9, 9, 5), rtol=1e-5, atol=1e-5)
