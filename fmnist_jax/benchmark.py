@@ -37,7 +37,7 @@ import sys
 import time
 from typing import Any
 
-from fmnist_jax import seconds_since_process_start
+from fmnist_jax import input_pipeline, seconds_since_process_start
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET_ACCURACY = 0.9156  # Seed 000's cnn4 test accuracy.
@@ -70,8 +70,6 @@ def load_config(name: str) -> Any:
 def _timed_steps(config: Any, accelerator: bool = False) -> int:
     """Steps per timed dispatch: about 5 s of CPU work, at most one epoch; on an
     accelerator one whole epoch (steps are short there)."""
-    from fmnist_jax import input_pipeline
-
     steps_per_epoch = input_pipeline.num_train_examples(config.validation_fraction) // config.batch_size
     if accelerator:
         return steps_per_epoch
@@ -87,7 +85,7 @@ def jax_worker(name: str) -> dict[str, Any]:
     import jax
     import numpy as np
 
-    from fmnist_jax import input_pipeline, parallel, train
+    from fmnist_jax import parallel, train
 
     config = load_config(name)
     par = parallel.DataParallel("jit")
@@ -170,7 +168,7 @@ def ablation_worker(name: str, variant: str) -> dict[str, Any]:
     import jax.numpy as jnp
     import numpy as np
 
-    from fmnist_jax import input_pipeline, models, parallel, train
+    from fmnist_jax import models, parallel, train
 
     if variant == "reduce_max_pool":
 
@@ -279,8 +277,6 @@ def keras_worker(name: str, epochs_to_target: int = 0) -> dict[str, Any]:
     import numpy as np
     import tensorflow as tf
 
-    from fmnist_jax import input_pipeline
-
     config = load_config(name)
     splits = input_pipeline.load_splits(config.data_dir, config.validation_fraction, config.split_seed)
     x = splits["train"].images.astype(np.float32) / 255.0
@@ -300,10 +296,10 @@ def keras_worker(name: str, epochs_to_target: int = 0) -> dict[str, Any]:
     result: dict[str, Any] = {
         "framework": "keras",
         "version": f"tensorflow {tf.__version__}, keras {keras.__version__}",
-        "num_params": int(compiled().count_params()),
     }
     if epochs_to_target:
         model = compiled()
+        result["num_params"] = int(model.count_params())
         xt = splits["test"].images.astype(np.float32) / 255.0
         yt = splits["test"].labels
         best = 0.0
@@ -323,6 +319,7 @@ def keras_worker(name: str, epochs_to_target: int = 0) -> dict[str, Any]:
         if options.get("steps_per_execution") == 0:
             options = {**options, "steps_per_execution": k}
         model = compiled(**options)
+        result["num_params"] = int(model.count_params())
         t = time.perf_counter()
         model.fit(x[:n], y[:n], batch_size=batch, epochs=1, verbose=0, shuffle=False)  # Traces, warms up.
         compile_seconds = time.perf_counter() - t
@@ -358,8 +355,6 @@ def torch_worker(name: str) -> dict[str, Any]:
 
     import numpy as np
     import torch
-
-    from fmnist_jax import input_pipeline
 
     config = load_config(name)
     cuda = torch.cuda.is_available()
@@ -441,7 +436,7 @@ def jax_time_to_accuracy(name: str) -> dict[str, Any]:
     import jax
     import numpy as np
 
-    from fmnist_jax import input_pipeline, parallel, train
+    from fmnist_jax import parallel, train
 
     config = load_config(name)
     par = parallel.DataParallel("jit")
@@ -491,13 +486,6 @@ def _child(args: list[str], env: dict[str, str] | None = None) -> dict[str, Any]
 
 def _median(runs: list[dict[str, Any]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
-
-
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def machine() -> str:
@@ -558,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [n for n in args.configs.split(",") if n]
     frameworks = [f for f in args.frameworks.split(",") if f]
     for framework, module in (("keras", "keras"), ("torch", "torch")):
-        if framework in frameworks and not _installed(module):
+        if framework in frameworks and not input_pipeline.installed(module):
             print(f"{module} is not installed: {framework} is skipped", flush=True)
             frameworks.remove(framework)
     report: dict[str, Any] = {
@@ -702,22 +690,19 @@ def markdown(report: dict[str, Any]) -> str:
         k = s.get("keras", {})
         t = s.get("torch", {})
 
-        def fmt(d: dict[str, Any], key: str, spec: str = ",.0f") -> str:
-            return format(d[key], spec) if key in d else "-"
+        def fmt(d: dict[str, Any], key: str, spec: str = ",.0f", suffix: str = "") -> str:
+            return format(d[key], spec) + suffix if key in d else "-"
 
         first = (s.get("runs", {}).get("jax") or [{}])[0]
         setup = f"{first['batch_size']}, {first['compute_dtype']}" if "batch_size" in first else "-"
-
-        def ratio(key: str, j: dict[str, Any] = j) -> str:
-            return f"{j[key]:.2f}x" if key in j else "-"
 
         lines.append(
             f"| `{name}` | {setup} | {fmt(j, 'train_images_per_second')} | {fmt(j, 'synthetic_images_per_second')} | "
             f"{fmt(j, 'real_over_synthetic', '.3f')} | {fmt(j, 'stepwise_images_per_second')} | "
             f"{fmt(j, 'compile_seconds', '.1f')} | {fmt(j, 'seconds_per_epoch', '.1f')} | "
             f"{fmt(j, 'eval_images_per_second')} | {fmt(j, 'peak_rss_mib')} | "
-            f"{fmt(k, 'train_images_per_second')} | {ratio('over_keras')} | "
-            f"{fmt(t, 'train_images_per_second')} | {ratio('over_torch')} |"
+            f"{fmt(k, 'train_images_per_second')} | {fmt(j, 'over_keras', '.2f', 'x')} | "
+            f"{fmt(t, 'train_images_per_second')} | {fmt(j, 'over_torch', '.2f', 'x')} |"
         )
     keras_setups = {
         name: s["keras"]["setups"] for name, s in report["configs"].items() if "setups" in s.get("keras", {})

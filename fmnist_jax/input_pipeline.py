@@ -48,6 +48,7 @@ UPSTREAM_SHA256 = {
     "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
 }
 IDX_DIR_ENV = "FMNIST_JAX_IDX_DIR"
+IMAGE_SHAPE = (28, 28, 1)
 NUM_TRAIN = 60_000
 NUM_TEST = 10_000
 HOW_TO_GET = (
@@ -106,12 +107,17 @@ def restore_upstream_gzip(src: str, dst: str) -> None:
         f.write(data)
 
 
-def have_tfds() -> bool:
-    """Whether tensorflow-datasets can be imported here."""
+def installed(module: str) -> bool:
+    """Whether `module` can be imported here (without importing it)."""
     try:
-        return importlib.util.find_spec("tensorflow_datasets") is not None
+        return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
+
+
+def have_tfds() -> bool:
+    """Whether tensorflow-datasets can be imported here."""
+    return installed("tensorflow_datasets")
 
 
 def tfds_order(num_examples: int, split: str) -> np.ndarray:
@@ -245,12 +251,15 @@ def _load_tfds_arrays(data_dir: str | None) -> dict[str, np.ndarray]:
     return arrays
 
 
-def load_arrays(data_dir: str | None = None) -> dict[str, np.ndarray]:
+def load_arrays(data_dir: str | None = None, prepare_if_missing: bool = True) -> dict[str, np.ndarray]:
     """tfds's whole train and test splits (train_images, train_labels, test_images,
-    test_labels), preparing the dataset first if needed."""
+    test_labels), preparing the dataset first if needed (and allowed); read from the
+    IDX files directly where tfds is not installed."""
     if not have_tfds():
         return load_idx_arrays()
     if not is_prepared(data_dir):
+        if not prepare_if_missing:
+            raise DatasetNotFoundError(HOW_TO_GET)
         prepare(data_dir)
     return _load_tfds_arrays(data_dir)
 
@@ -285,15 +294,7 @@ def load_splits(
     Validation is carved from tfds's train split with a seeded permutation;
     test is tfds's test split, untouched.
     """
-    if not have_tfds():
-        arrays = load_idx_arrays()
-    elif not is_prepared(data_dir):
-        if not prepare_if_missing:
-            raise DatasetNotFoundError(HOW_TO_GET)
-        prepare(data_dir)
-        arrays = _load_tfds_arrays(data_dir)
-    else:
-        arrays = _load_tfds_arrays(data_dir)
+    arrays = load_arrays(data_dir, prepare_if_missing)
     train_images, train_labels = arrays["train_images"], arrays["train_labels"]
     test_images, test_labels = arrays["test_images"], arrays["test_labels"]
     train_idx, val_idx = carve_validation(len(train_labels), validation_fraction, split_seed)
@@ -322,9 +323,7 @@ def train_batches(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Shuffled full batches of one epoch, from batch `start_step` on (to resume
     mid-epoch); the last partial batch is dropped."""
-    order = epoch_order(len(split), seed, epoch)
-    for start in range(start_step * batch_size, len(order) - batch_size + 1, batch_size):
-        idx = order[start : start + batch_size]
+    for idx in epoch_batch_indices(len(split), batch_size, seed, epoch)[start_step:]:
         yield split.images[idx], split.labels[idx]
 
 

@@ -147,8 +147,8 @@ class DataParallel:
         """AOT-compiles `num_steps` applications of `step` as one `lax.scan`.
 
         The program takes (state, data, indices, rng): `data` is the device-resident
-        split from `put_dataset` (its shapes are enough to compile), `indices` an int32 (num_steps, batch_size) array of
-        example rows. Each step gathers its batch on the device, shards it over the
+        split from `put_dataset` (its shapes are enough to compile), `indices` an
+        int32 (num_steps, batch_size) array of example rows. Each step gathers its batch on the device, shards it over the
         mesh like `put_batch` does, and runs `step` on it; the metrics come back
         stacked along a leading step axis. jit mode, one process.
         """

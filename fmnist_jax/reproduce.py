@@ -137,13 +137,14 @@ def results_table(root: str, seeds: list[int], rows: tuple[Row, ...] = ROWS) -> 
     total_wall = 0.0
     any_resumed = False
     for row in rows:
-        results = [r for r in (load_result(run_dir(root, row, s)) for s in seeds) if r is not None]
+        done = {s: r for s in seeds if (r := load_result(run_dir(root, row, s))) is not None}
+        results = list(done.values())
         if not results:
             lines.append(f"| `{row.name}` | | {row.seed_reported} | not run yet | 0/{len(seeds)} |||||||")
             continue
         accs = [r["test"]["accuracy"] for r in results]
         mean, std = _mean_std(accs)
-        first = next(s for s in seeds if load_result(run_dir(root, row, s)) is not None)
+        first = next(iter(done))
         with open(os.path.join(run_dir(root, row, first), "config.json")) as f:
             cfg = json.load(f)
         machines.update(r["machine"] for r in results)
@@ -152,9 +153,7 @@ def results_table(root: str, seeds: list[int], rows: tuple[Row, ...] = ROWS) -> 
         beats = "n/a" if row.threshold is None else ("yes" if mean > row.threshold else "**no**")
         train_s = statistics.fmean(r["train_seconds"] for r in results)
         wall_s = statistics.fmean(r["wall_seconds"] for r in results)
-        resumed = [
-            s for s in seeds if load_result(run_dir(root, row, s)) and was_resumed(run_dir(root, row, s))
-        ]
+        resumed = [s for s in done if was_resumed(run_dir(root, row, s))]
         any_resumed = any_resumed or bool(resumed)
         lines.append(
             f"| `{row.name}` | {results[0]['num_params']:,} | {row.seed_reported} | "

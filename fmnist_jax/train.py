@@ -430,7 +430,8 @@ def _train_and_evaluate(
     par = parallel.DataParallel(config.parallelism)
     par.check_batch_size(config.batch_size)
     os.makedirs(workdir, exist_ok=True)
-    steps_per_epoch = input_pipeline.num_train_examples(config.validation_fraction) // config.batch_size
+    num_train = input_pipeline.num_train_examples(config.validation_fraction)
+    steps_per_epoch = num_train // config.batch_size
     total_steps = config.num_epochs * steps_per_epoch
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     # Placed once: resharding it inside every step would add a second program per step.
@@ -442,8 +443,7 @@ def _train_and_evaluate(
     # compile on demand; the host-fed step compiles once the state is placed.
     scanned = scans_steps(par)
     dispatch = steps_per_dispatch(config, steps_per_epoch, par)
-    image_shape = (28, 28, 1)
-    num_train = input_pipeline.num_train_examples(config.validation_fraction)
+    image_shape = input_pipeline.IMAGE_SHAPE
     data_shapes = (
         jax.ShapeDtypeStruct((num_train, *image_shape), jnp.uint8),
         jax.ShapeDtypeStruct((num_train,), jnp.int32),
