@@ -3,9 +3,11 @@
 import importlib
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from fmnist_jax import benchmark, models
+from fmnist_jax import benchmark, models, parallel, train
 
 CONFIGS = ["mlp_256", "mlp_20x3", "cnn2_2x2", "cnn2_dropout", "cnn3_wide", "cnn4"]
 
@@ -16,6 +18,35 @@ def test_keras_model_has_our_parameter_count(name):
     ours = models.create_model(config.model)
     shapes = jax.eval_shape(lambda: models.init_variables(ours, jax.random.PRNGKey(0)))
     assert benchmark.keras_model(config).count_params() == models.count_parameters(shapes)
+
+
+def test_synthetic_program_is_the_scanned_step_without_the_gather(splits):
+    """The synthetic-input program does the real program's work: fed one batch,
+    it ends in the state the real program reaches when every step gathers that batch."""
+    config = importlib.import_module("configs.cnn4").get_config()  # Batch norm, dropout.
+    config.model.conv_features = (4, 8)
+    config.model.dense_features = (16,)
+    config.batch_size = 8
+    par = parallel.DataParallel("jit")
+    rng = jax.random.PRNGKey(3)
+    images, labels = splits["train"].images[:64], splits["train"].labels[:64].astype(np.int32)
+    step = train._train_step_fn(config, par)
+    rows = np.arange(5, 13, dtype=np.int32)
+    states = []
+    for synthetic in (False, True):
+        _, state = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=10)
+        if synthetic:
+            fixed = par.put_batch((images[rows], labels[rows]))
+            program = benchmark.compile_synthetic_chunk(par, step, state, fixed, 3, rng)
+            state, metrics = program(state, fixed, rng)
+        else:
+            data = par.put_dataset((images, labels))
+            program = par.compile_train_chunk(step, state, data, 3, config.batch_size, rng)
+            state, metrics = program(state, data, jnp.asarray(np.tile(rows, (3, 1))), rng)
+        assert metrics["loss"].shape == (3,) and int(state.step) == 3
+        states.append(jax.tree_util.tree_leaves((state.params, state.batch_stats, state.opt_state, metrics)))
+    for a, b in zip(*states, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_markdown_reports_ratios():
