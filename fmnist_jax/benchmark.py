@@ -108,8 +108,9 @@ def compile_synthetic_chunk(par: Any, step: Any, state: Any, fixed: Any, num_ste
     return jitted.lower(state, fixed, rng).compile()
 
 
-def jax_worker(name: str) -> dict[str, Any]:
-    """Our training path: compile, then time scanned chunks on real and fixed batches."""
+def _jax_setup(name: str) -> tuple[Any, ...]:
+    """(config, par, splits, state, data, step, rng) for timing config `name`'s
+    scanned training on the device-resident training split."""
     import jax
     import numpy as np
 
@@ -119,14 +120,81 @@ def jax_worker(name: str) -> dict[str, Any]:
     par = parallel.DataParallel("jit")
     splits = input_pipeline.load_splits(config.data_dir, config.validation_fraction, config.split_seed)
     split = splits["train"]
+    _, state = train.create_train_state(config, jax.random.PRNGKey(0), len(split) // config.batch_size)
+    data = par.put_dataset((split.images, split.labels.astype(np.int32)))
+    step = train._train_step_fn(config, par)
+    return config, par, splits, par.put_state(state), data, step, jax.random.PRNGKey(1)
+
+
+def profile_ops(name: str, num_steps: int = 200) -> str:
+    """Where a scanned training step's time goes: one traced dispatch of
+    `num_steps` steps (after a warm-up one), each XLA operation's time per step
+    (summed over the threads that ran it) as a markdown table."""
+    import gzip
+    import re
+    import tempfile
+
+    import jax
+
+    config, par, splits, state, data, step, rng = _jax_setup(name)
+    batch = config.batch_size
+    num_steps = min(num_steps, len(splits["train"]) // batch)
+    chunk = par.compile_train_chunk(step, state, data, num_steps, batch, rng)
+    indices = jax.device_put(input_pipeline.epoch_batch_indices(len(splits["train"]), batch, config.seed, 1))
+    indices = indices[:num_steps]
+    state, metrics = chunk(state, data, indices, rng)
+    jax.block_until_ready(metrics)
+    # Each operation of the compiled program and what it computes (its jax op path).
+    what: dict[str, str] = {}
+    for line in chunk.as_text().splitlines():
+        found, op_name = re.search(r"%([\w.\-]+) = ", line), re.search(r'op_name="([^"]*)"', line)
+        if found:
+            what[found.group(1)] = "/".join(op_name.group(1).split("/")[-2:]) if op_name else "-"
+    with tempfile.TemporaryDirectory() as tmp:
+        with jax.profiler.trace(tmp, create_perfetto_trace=True):
+            t = time.perf_counter()
+            state, metrics = chunk(state, data, indices, rng)
+            jax.block_until_ready(metrics)
+            wall = time.perf_counter() - t
+        trace_files = [os.path.join(d, f) for d, _, fs in os.walk(tmp) for f in fs if f.endswith(".json.gz")]
+        with gzip.open(trace_files[0]) as f:
+            events = json.load(f)
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    totals: dict[str, float] = {}
+    for e in events:
+        if e.get("ph") == "X" and e.get("name") in what:
+            totals[e["name"]] = totals.get(e["name"], 0.0) + e.get("dur", 0.0)
+    per_step_us = wall / num_steps * 1e6
+    lines = [
+        f"`{name}` (batch {batch}): {num_steps} scanned steps traced, {per_step_us:,.0f} us per step "
+        f"wall ({batch / per_step_us * 1e6:,.0f} img/s under the profiler), {machine()}.",
+        "",
+        "| XLA operation | computes | us per step | share of the step |",
+        "|---|---|---|---|",
+    ]
+    for op, us in sorted(totals.items(), key=lambda kv: -kv[1]):
+        us /= num_steps
+        if us >= 0.01 * per_step_us:
+            lines.append(f"| `{op}` | {what[op]} | {us:,.1f} | {us / per_step_us:.1%} |")
+    small = [v / num_steps for v in totals.values() if v / num_steps < 0.01 * per_step_us]
+    lines.append(
+        f"| {len(small)} others, under 1 % each | | {sum(small):,.1f} | {sum(small) / per_step_us:.1%} |"
+    )
+    return "\n".join(lines)
+
+
+def jax_worker(name: str) -> dict[str, Any]:
+    """Our training path: compile, then time scanned chunks on real and fixed batches."""
+    import jax
+    import numpy as np
+
+    from fmnist_jax import train
+
+    config, par, splits, state, data, step, rng = _jax_setup(name)
+    split = splits["train"]
     batch = config.batch_size
     steps_per_epoch = len(split) // batch
     k = _timed_steps(config, jax.default_backend() != "cpu")
-    rng = jax.random.PRNGKey(1)
-    _, state = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch)
-    state = par.put_state(state)
-    data = par.put_dataset((split.images, split.labels.astype(np.int32)))
-    step = train._train_step_fn(config, par)
 
     t0 = time.perf_counter()
     chunk = par.compile_train_chunk(step, state, data, k, batch, rng)
@@ -566,6 +634,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--from_json", help="measure nothing: rewrite the markdown block from this earlier --json output"
     )
+    parser.add_argument(
+        "--profile",
+        metavar="NAME",
+        help="measure nothing else: time each XLA operation of NAME's training step",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--epochs_to_target", type=int, default=0, help=argparse.SUPPRESS)
@@ -582,6 +655,10 @@ def main(argv: list[str] | None = None) -> int:
             "ablation": lambda: ablation_worker(args.config, args.variant),
         }
         print(json.dumps(workers[args.worker]()), flush=True)
+        return 0
+
+    if args.profile:
+        print(profile_ops(args.profile), flush=True)
         return 0
 
     if args.from_json:

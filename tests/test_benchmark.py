@@ -112,3 +112,12 @@ def test_config_overrides():
     assert (config.batch_size, config.compute_dtype, config.model.name) == (512, "bfloat16", "cnn")
     with pytest.raises(ValueError, match="not key=value"):
         benchmark.load_config("cnn4+no_such_field=1")
+
+
+def test_profile_times_the_step_s_operations():
+    table = benchmark.profile_ops("mlp_4x2", num_steps=5)
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    assert rows, table
+    # The first layer's matmul is one of the operations timed, with a positive time.
+    dense = [r for r in rows if "Dense_0/" in r]
+    assert dense and all(float(r.split("|")[3].replace(",", "")) > 0 for r in dense), table
