@@ -89,6 +89,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     need(0.0 <= config.final_lr_fraction <= 1.0, "final_lr_fraction", "must be in [0, 1]")
     need(config.checkpoint_every_epochs >= 1, "checkpoint_every_epochs", "must be >= 1")
     need(config.checkpoint_every_steps >= 0, "checkpoint_every_steps", "must be >= 0 (0: off)")
+    need(
+        0.0 <= config.get("stop_at_test_accuracy", 0.0) <= 1.0,
+        "stop_at_test_accuracy",
+        "must be in [0, 1] (0: off)",
+    )
+    need(
+        not config.get("stop_at_test_accuracy", 0.0) or config.get("test_every_epoch", False),
+        "stop_at_test_accuracy",
+        "needs config.test_every_epoch=True",
+    )
     need(config.lr_find_min > 0, "lr_find_min", "must be > 0")
     need(config.lr_find_max > config.lr_find_min, "lr_find_max", "must be > lr_find_min")
     need(config.lr_find_steps >= 10, "lr_find_steps", "must be >= 10")

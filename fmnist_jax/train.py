@@ -509,10 +509,13 @@ def _train_and_evaluate(
     eval_fn = par.compile_eval_step(functools.partial(eval_step, normalize=config.normalize))
     rows = par.local_rows(config.batch_size)
     compile_seconds = compile_times[0]
+    first_step_seconds = seconds_since_process_start()
     say(
         f"compiled the train step in {compile_seconds:.1f}s{' (while loading)' if scanned else ''}; "
-        f"first step {seconds_since_process_start():.1f}s after the process started"
+        f"first step {first_step_seconds:.1f}s after the process started"
     )
+    stop_at = config.get("stop_at_test_accuracy", 0.0)
+    stopped_at_epoch = None
 
     log = MetricsLog(workdir, enabled=is_main, records=progress["epoch_records"])
     schedule = learning_rate_schedule(config, steps_per_epoch)
@@ -587,16 +590,29 @@ def _train_and_evaluate(
             "images_per_second": steps_per_epoch * config.batch_size / epoch_seconds,
             "epoch_seconds": epoch_seconds,
         }
+        if config.get("test_every_epoch", False):
+            epoch_test = evaluate(eval_fn, state, test_split, config.eval_batch_size, par)
+            record.update(
+                test_loss=epoch_test["loss"],
+                test_accuracy=epoch_test["accuracy"],
+                seconds_since_process_start=seconds_since_process_start(),
+            )
+            if stop_at and epoch_test["accuracy"] >= stop_at:
+                stopped_at_epoch = epoch
         progress["epoch_records"].append(record)
         progress["partial"] = None
-        if epoch % config.checkpoint_every_epochs == 0 or step == total_steps:
+        if epoch % config.checkpoint_every_epochs == 0 or step == total_steps or stopped_at_epoch:
             save(val["accuracy"])
         log.write(step, record)
+        test_note = f"  test acc {record['test_accuracy']:.4f}" if "test_accuracy" in record else ""
         say(
             f"epoch {epoch:3d}/{config.num_epochs}  train loss {record['train_loss']:.4f} "
-            f"acc {record['train_accuracy']:.4f}  val loss {val['loss']:.4f} acc {val['accuracy']:.4f}  "
-            f"{record['images_per_second']:,.0f} img/s  {epoch_seconds:.1f}s"
+            f"acc {record['train_accuracy']:.4f}  val loss {val['loss']:.4f} acc {val['accuracy']:.4f}"
+            f"{test_note}  {record['images_per_second']:,.0f} img/s  {epoch_seconds:.1f}s"
         )
+        if stopped_at_epoch:
+            say(f"test accuracy reached config.stop_at_test_accuracy={stop_at}: stopped after epoch {epoch}")
+            break
         if guard.signal_name and step < total_steps:
             if manager.latest_step() != step:
                 save(val["accuracy"])
@@ -615,6 +631,8 @@ def _train_and_evaluate(
         "test": test,
         "validation": {"loss": last["validation_loss"], "accuracy": last["validation_accuracy"]},
         "compile_seconds": compile_seconds,
+        "first_step_seconds": first_step_seconds,
+        "stopped_at_epoch": stopped_at_epoch,
         "train_seconds": progress["train_seconds"],
         "wall_seconds": time.perf_counter() - t_launch,
         "machine": machine_description(),

@@ -10,7 +10,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from fmnist_jax import input_pipeline, train
+from fmnist_jax import configuration, input_pipeline, train
 from fmnist_jax import results as results_lib
 
 
@@ -156,6 +156,33 @@ def test_short_real_mlp_256_run(tmp_path):
     assert "203,530" in summary and "MFLOP" in summary and "\x1b" not in summary
     row = results_lib.markdown_table([str(tmp_path)]).splitlines()[2]
     assert row.startswith(f"| `mlp_256` | 203,530 | 0.8777 | {results['test']['accuracy']:.4f} | 2 | 128 |")
+
+
+def test_stop_at_test_accuracy_ends_the_run_at_the_first_epoch_that_reaches_it(tmp_path):
+    """Time-to-accuracy runs: test accuracy in every epoch's record, then an early stop
+    that still leaves a finished run (results, checkpoint) behind."""
+    config = load_config("mlp_4x2")
+    config.num_epochs = 4
+    config.batch_size = 512
+    config.write_report = False
+    config.test_every_epoch = True
+    config.stop_at_test_accuracy = 0.45  # mlp_4x2 passes it within 2-3 epochs at this batch.
+    results = train.train_and_evaluate(config, str(tmp_path))
+    with open(tmp_path / "metrics.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    accuracies = [r["test_accuracy"] for r in records]
+    assert results["stopped_at_epoch"] == len(records) < config.num_epochs
+    assert all(a < 0.45 for a in accuracies[:-1]) and accuracies[-1] >= 0.45
+    assert accuracies[-1] == results["test"]["accuracy"]  # The same state, evaluated twice.
+    assert 0 < results["first_step_seconds"] < records[0]["seconds_since_process_start"]
+    assert results["step"] == len(records) * (54_000 // 512)
+    assert (
+        train.evaluate_checkpoint(str(tmp_path), "latest")["test"]["accuracy"] == results["test"]["accuracy"]
+    )
+
+    config.test_every_epoch = False
+    with pytest.raises(configuration.ConfigError, match=r"stop_at_test_accuracy.*test_every_epoch"):
+        train.train_and_evaluate(config, str(tmp_path / "other"))
 
 
 def test_metrics_log_without_tensorboard_still_writes_jsonl(tmp_path, monkeypatch, capsys):
