@@ -140,8 +140,8 @@ def profile_ops(name: str, num_steps: int = 200) -> str:
     batch = config.batch_size
     num_steps = min(num_steps, len(splits["train"]) // batch)
     chunk = par.compile_train_chunk(step, state, data, num_steps, batch, rng)
-    indices = jax.device_put(input_pipeline.epoch_batch_indices(len(splits["train"]), batch, config.seed, 1))
-    indices = indices[:num_steps]
+    indices = input_pipeline.epoch_batch_indices(len(splits["train"]), batch, config.seed, 1)
+    indices = jax.device_put(indices[:num_steps])
     state, metrics = chunk(state, data, indices, rng)
     jax.block_until_ready(metrics)
     # Each operation of the compiled program and what it computes (its jax op path).
@@ -285,9 +285,8 @@ def ablation_worker(name: str, variant: str) -> dict[str, Any]:
     """Scanned-training img/s with one of our CPU choices undone (see ABLATIONS)."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
-    from fmnist_jax import models, parallel, train
+    from fmnist_jax import models
 
     if variant == "reduce_max_pool":
 
@@ -299,17 +298,10 @@ def ablation_worker(name: str, variant: str) -> dict[str, Any]:
         models.max_pool_2x2 = reduce_max_pool
     elif variant == "autodiff_conv":
         models._conv_general_dilated = jax.lax.conv_general_dilated  # type: ignore[assignment]
-    config = load_config(name)
-    par = parallel.DataParallel("jit")
-    split = input_pipeline.load_splits(config.data_dir, config.validation_fraction, config.split_seed)[
-        "train"
-    ]
+    config, par, splits, state, data, step, rng = _jax_setup(name)
     batch, k = config.batch_size, max(4, _timed_steps(config) // 3)
-    rng = jax.random.PRNGKey(1)
-    _, state = train.create_train_state(config, jax.random.PRNGKey(0), 100)
-    data = par.put_dataset((split.images, split.labels.astype(np.int32)))
-    chunk = par.compile_train_chunk(train._train_step_fn(config, par), state, data, k, batch, rng)
-    idx = jnp.asarray(input_pipeline.epoch_batch_indices(len(split), batch, 0, 1)[:k])
+    chunk = par.compile_train_chunk(step, state, data, k, batch, rng)
+    idx = jnp.asarray(input_pipeline.epoch_batch_indices(len(splits["train"]), batch, 0, 1)[:k])
     state, metrics = chunk(state, data, idx, rng)
     jax.block_until_ready(metrics)
     times = []

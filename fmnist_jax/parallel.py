@@ -148,9 +148,10 @@ class DataParallel:
 
         The program takes (state, data, indices, rng): `data` is the device-resident
         split from `put_dataset` (its shapes are enough to compile), `indices` an
-        int32 (num_steps, batch_size) array of example rows. Each step gathers its batch on the device, shards it over the
-        mesh like `put_batch` does, and runs `step` on it; the metrics come back
-        stacked along a leading step axis. jit mode, one process.
+        int32 (num_steps, batch_size) array of example rows. Each step gathers its
+        batch on the device, shards it over the mesh like `put_batch` does, and runs
+        `step` on it; the metrics come back stacked along a leading step axis. jit
+        mode, one process.
         """
         if self.mode != "jit" or jax.process_count() > 1:
             raise ConfigError(

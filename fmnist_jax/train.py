@@ -516,6 +516,9 @@ def _train_and_evaluate(
     )
     stop_at = config.get("stop_at_test_accuracy", 0.0)
     stopped_at_epoch = None
+    epoch_test: dict[str, Any] | None = (
+        None  # The test evaluation after the last epoch, when test_every_epoch.
+    )
 
     log = MetricsLog(workdir, enabled=is_main, records=progress["epoch_records"])
     schedule = learning_rate_schedule(config, steps_per_epoch)
@@ -620,7 +623,8 @@ def _train_and_evaluate(
             return None
     manager.wait_until_finished()
 
-    test = evaluate(eval_fn, state, test_split, config.eval_batch_size, par)
+    # The final state's test evaluation, unless the last epoch already ran it.
+    test = epoch_test or evaluate(eval_fn, state, test_split, config.eval_batch_size, par)
     last = progress["epoch_records"][-1]
     results = {
         "config": config.name,
