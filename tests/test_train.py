@@ -1,5 +1,6 @@
 """Train and eval steps, schedules, and a short real run."""
 
+import functools
 import importlib
 import json
 import os
@@ -44,16 +45,27 @@ def test_train_step_lowers_loss_on_a_fixed_batch(splits):
     assert loss(state) < 0.5 * initial
 
 
-def test_batch_norm_statistics_are_updated(splits):
+def test_batch_norm_statistics_move_by_one_minus_momentum_of_the_batch_moments(splits):
+    """After one step from zero mean / unit variance, the first BN layer's running
+    statistics are 0.99 * old + 0.01 * the batch moments of the first conv's output,
+    computed here with lax from the initial kernel (momentum 0.99, as in Keras)."""
     config = load_config("cnn4")
     config.model.conv_features = (4, 4, 4, 4)
     _, state = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=10)
-    before = jax.tree_util.tree_map(np.asarray, state.batch_stats)
-    batch = (splits["train"].images[:32], splits["train"].labels[:32])
+    images = splits["train"].images[:32]
+    batch = (images, splits["train"].labels[:32])
+    conv = state.params["Conv_0"]
+    x = jnp.asarray(images, jnp.float32) / 255.0
+    y = jax.lax.conv_general_dilated(
+        x, conv["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    y = np.asarray(y + conv["bias"], np.float64)
+    batch_mean, batch_var = y.mean(axis=(0, 1, 2)), y.var(axis=(0, 1, 2))
     state, _ = jax.jit(train.train_step)(state, batch, jax.random.PRNGKey(1))
-    mean_before = before["BatchNorm_0"]["mean"]
-    mean_after = np.asarray(state.batch_stats["BatchNorm_0"]["mean"])
-    assert np.all(mean_before == 0.0) and np.any(mean_after != 0.0)
+    stats = state.batch_stats["BatchNorm_0"]
+    np.testing.assert_allclose(stats["mean"], 0.01 * batch_mean, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(stats["var"], 0.99 + 0.01 * batch_var, rtol=1e-5)
+    assert np.all(np.abs(0.01 * batch_mean) > 1e-5)  # The expectation is not trivially zero.
 
 
 def _schedule(**overrides):
@@ -98,15 +110,156 @@ def test_one_cycle_schedule_peaks_after_its_rising_phase():
     assert rates[0] < 1e-3 and rates[100] < 1e-5
 
 
-def test_constant_schedule_and_optimizers_step():
-    assert float(_schedule(schedule="constant", learning_rate=3e-3)(12345)) == pytest.approx(3e-3)
-    for name in ("adam", "adamw", "sgd"):
-        config = load_config("mlp_4x2")
-        config.optimizer = name
-        tx = train.create_optimizer(config, steps_per_epoch=10)
-        params = {"w": jnp.ones(3)}
-        updates, _ = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
-        assert float(updates["w"][0]) < 0.0
+def test_constant_schedule():
+    sched = _schedule(schedule="constant", learning_rate=3e-3)
+    assert [float(sched(s)) for s in (0, 12345)] == pytest.approx([3e-3, 3e-3])
+
+
+# Two gradients and the parameters they apply to: signs and magnitudes differ per element.
+G1 = np.array([0.5, -2.0, 1e-3, 0.0], np.float32)
+G2 = np.array([-0.25, -1.0, 3.0, 2.0], np.float32)
+PARAMS = np.array([1.0, -3.0, 0.25, 2.0], np.float32)
+LR = 0.1
+
+
+def _two_updates(**overrides):
+    """The configured optimizer's updates for gradients G1 then G2 (constant rate LR)."""
+    config = load_config("mlp_4x2")
+    config.update(schedule="constant", learning_rate=LR, **overrides)
+    tx = train.create_optimizer(config, steps_per_epoch=10)
+    params = {"w": jnp.asarray(PARAMS)}
+    opt_state = tx.init(params)
+    updates = []
+    for g in (G1, G2):
+        u, opt_state = tx.update({"w": jnp.asarray(g)}, opt_state, params)
+        updates.append(np.asarray(u["w"], np.float64))
+    return updates, config
+
+
+def _adam_direction(b1, b2, eps):
+    """Adam's bias-corrected m / (sqrt(v) + eps) after G1 and after G1, G2."""
+    g1, g2 = G1.astype(np.float64), G2.astype(np.float64)
+    first = g1 / (np.abs(g1) + eps)  # m-hat = g, v-hat = g**2 after one step.
+    m = (b1 * (1 - b1) * g1 + (1 - b1) * g2) / (1 - b1**2)
+    v = (b2 * (1 - b2) * g1**2 + (1 - b2) * g2**2) / (1 - b2**2)
+    return first, m / (np.sqrt(v) + eps)
+
+
+def test_adam_updates_are_adams_formula():
+    (u1, u2), config = _two_updates(optimizer="adam", adam_b1=0.8, adam_b2=0.99)
+    d1, d2 = _adam_direction(0.8, 0.99, config.adam_eps)
+    np.testing.assert_allclose(u1, -LR * d1, rtol=1e-5)
+    np.testing.assert_allclose(u2, -LR * d2, rtol=1e-5)
+
+
+def test_adamw_adds_decoupled_weight_decay():
+    (u1, u2), config = _two_updates(optimizer="adamw", weight_decay=0.5, adam_b1=0.8, adam_b2=0.99)
+    d1, d2 = _adam_direction(0.8, 0.99, config.adam_eps)
+    np.testing.assert_allclose(u1, -LR * (d1 + 0.5 * PARAMS), rtol=1e-5)
+    np.testing.assert_allclose(u2, -LR * (d2 + 0.5 * PARAMS), rtol=1e-5)
+
+
+def test_sgd_momentum_and_nesterov_updates():
+    (u1, u2), _ = _two_updates(optimizer="sgd", momentum=0.5, nesterov=False)
+    np.testing.assert_allclose(u1, -LR * G1, rtol=1e-6)
+    np.testing.assert_allclose(u2, -LR * (G2 + 0.5 * G1), rtol=1e-6)
+    (n1, n2), _ = _two_updates(optimizer="sgd", momentum=0.5, nesterov=True)
+    # Nesterov looks ahead along the velocity: g + m * (g + m * previous velocity).
+    np.testing.assert_allclose(n1, -LR * (G1 + 0.5 * G1), rtol=1e-6)
+    np.testing.assert_allclose(n2, -LR * (G2 + 0.5 * (G2 + 0.5 * G1)), rtol=1e-6)
+
+
+def test_unknown_optimizer_is_refused():
+    config = load_config("mlp_4x2")
+    config.optimizer = "lamb"
+    with pytest.raises(ValueError, match=r"config\.optimizer='lamb'"):
+        train.create_optimizer(config, steps_per_epoch=10)
+
+
+def test_compute_dtype_bfloat16_reaches_the_model_of_a_training_run(splits):
+    """config.compute_dtype goes through the train state's model: its layers run in
+    bfloat16 while parameters, optimizer state and batch statistics stay float32."""
+    config = load_config("cnn4")
+    config.model.conv_features = (4, 4, 4, 4)
+    config.compute_dtype = "bfloat16"
+    _, state = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=10)
+    batch = (splits["train"].images[:8], splits["train"].labels[:8])
+    state, metrics = jax.jit(train.train_step)(state, batch, jax.random.PRNGKey(1))
+    leaves = jax.tree_util.tree_leaves((state.params, state.opt_state, state.batch_stats))
+    assert {x.dtype for x in leaves if x.ndim} == {jnp.dtype(jnp.float32)}
+    assert metrics["loss"].dtype == jnp.float32
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    x = train.preprocess(batch[0], True)
+    _, inter = state.apply_fn(
+        variables, x, train=False, capture_intermediates=True, mutable=["intermediates"]
+    )
+    assert inter["intermediates"]["Conv_0"]["__call__"][0].dtype == jnp.bfloat16
+    assert inter["intermediates"]["Dense_1"]["__call__"][0].dtype == jnp.bfloat16
+
+
+def _mlp_state(**overrides):
+    """mlp_4x2 (no dropout, no batch norm: its training logits are deterministic)."""
+    config = load_config("mlp_4x2")
+    config.update(overrides)
+    _, state = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=10)
+    return config, state
+
+
+def _cross_entropy(logits, targets):
+    logits = np.asarray(logits, np.float64)
+    log_probs = logits - logits.max(-1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+    return float(-(targets * log_probs).sum(-1).mean())
+
+
+def test_label_smoothing_trains_on_smoothed_targets(splits):
+    """The loss of a step with smoothing 0.2 is the cross-entropy with targets
+    0.8 * one_hot + 0.02, computed here from the model's logits in float64."""
+    _, state = _mlp_state()
+    images, labels = splits["train"].images[:64], splits["train"].labels[:64]
+    logits = state.apply_fn({"params": state.params}, jnp.asarray(images, jnp.float32) / 255.0)
+    one_hot = np.eye(10)[labels]
+    for smoothing in (0.0, 0.2):
+        step = jax.jit(functools.partial(train.train_step, label_smoothing=smoothing))
+        _, metrics = step(state, (images, labels), jax.random.PRNGKey(1))
+        expected = _cross_entropy(logits, (1 - smoothing) * one_hot + smoothing / 10)
+        assert float(metrics["loss"]) == pytest.approx(expected, rel=1e-5), smoothing
+
+
+def test_normalize_false_trains_on_raw_pixels(splits):
+    _, state = _mlp_state()
+    images, labels = splits["train"].images[:64], splits["train"].labels[:64]
+    one_hot = np.eye(10)[labels]
+    for normalize, scale in ((True, 255.0), (False, 1.0)):
+        logits = state.apply_fn({"params": state.params}, jnp.asarray(images, jnp.float32) / scale)
+        step = jax.jit(functools.partial(train.train_step, normalize=normalize))
+        _, metrics = step(state, (images, labels), jax.random.PRNGKey(1))
+        assert float(metrics["loss"]) == pytest.approx(_cross_entropy(logits, one_hot), rel=1e-5)
+        out = jax.jit(functools.partial(train.eval_step, normalize=normalize))(
+            state, (images, labels, np.ones(64, np.float32))
+        )
+        assert float(out["loss_sum"]) / 64 == pytest.approx(_cross_entropy(logits, one_hot), rel=1e-5)
+
+
+def test_augment_flip_mirrors_left_right_for_some_images(splits):
+    """Left-right symmetric images are unchanged by a horizontal flip, so the step is
+    the same with and without it; on real images it differs from both the plain and
+    the all-mirrored batch (some images are flipped, not none and not all)."""
+    _, state = _mlp_state()
+    images, labels = splits["train"].images[:64], splits["train"].labels[:64]
+    symmetric = np.concatenate([images[:, :, :14], images[:, :, 13::-1]], axis=2)
+    assert not np.array_equal(symmetric, symmetric[:, ::-1])  # Not symmetric top-bottom.
+    plain = jax.jit(train.train_step)
+    flip = jax.jit(functools.partial(train.train_step, augment_flip=True))
+    rng = jax.random.PRNGKey(1)
+
+    def kernel(step, batch):
+        return np.asarray(step(state, (batch, labels), rng)[0].params["Dense_0"]["kernel"])
+
+    np.testing.assert_allclose(kernel(flip, symmetric), kernel(plain, symmetric), rtol=1e-6, atol=1e-9)
+    flipped = kernel(flip, images)
+    for other in (kernel(plain, images), kernel(plain, images[:, :, ::-1])):
+        assert np.max(np.abs(flipped - other)) > 1e-4
 
 
 def test_evaluation_counts_every_example_once(splits):
