@@ -40,7 +40,7 @@ def load_image(path: str) -> np.ndarray:
                 raise ImageError(
                     f"{path}: {img.width}x{img.height} pixels is more than the {MAX_PIXELS:,}-pixel limit"
                 )
-            gray = ImageOps.exif_transpose(img).convert("L")
+            gray = _grayscale(ImageOps.exif_transpose(img))
     except UnidentifiedImageError as e:
         raise ImageError(f"{path}: not an image PIL can read") from e
     except (OSError, Image.DecompressionBombError) as e:
@@ -51,6 +51,16 @@ def load_image(path: str) -> np.ndarray:
         gray = ImageOps.invert(gray)
     fitted = ImageOps.pad(gray, (28, 28), method=Image.Resampling.LANCZOS, color=0)
     return np.asarray(fitted, np.uint8)[:, :, None]
+
+
+def _grayscale(img: Any) -> Any:
+    """An 'L' image; 16-bit grayscale is scaled to 8 bits (Pillow's convert("L") clips it at 255)."""
+    from PIL import Image
+
+    if img.mode.startswith("I"):  # 'I;16', 'I;16B', ...; and 'I', as Pillow opens some 16-bit files.
+        wide = np.clip(np.asarray(img, np.int64), 0, 65535)
+        return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))
+    return img.convert("L")
 
 
 def predict_files(

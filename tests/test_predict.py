@@ -15,6 +15,107 @@ from fmnist_jax import CLASS_NAMES, checkpointing, predict, train
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# load_image alone (no checkpoint): README promises "images of any size and mode".
+
+
+@pytest.fixture
+def garment(splits):
+    """A real test image (28x28 uint8, dark background) for load_image's unit tests."""
+    image = splits["test"].images[0, :, :, 0]
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    assert border.mean() < 100 and image.max() > 200  # Not inverted; uses the 8-bit range.
+    return image
+
+
+def load(path) -> np.ndarray:
+    image = predict.load_image(str(path))
+    assert image.shape == (28, 28, 1) and image.dtype == np.uint8
+    return image[:, :, 0]
+
+
+@pytest.mark.parametrize("axis", [0, 1], ids=["wide_28x14", "tall_14x28"])
+def test_non_square_image_is_centred_on_black_unresized(garment, tmp_path, axis):
+    # Every other row (a 28-wide, 14-high image) or column (14 wide, 28 high): its long
+    # side is already 28, so it must come back unresampled, centred between 7-pixel bars.
+    content = garment[::2] if axis == 0 else garment[:, ::2]
+    Image.fromarray(content).save(tmp_path / "half.png")
+    bars = [(0, 0), (0, 0)]
+    bars[axis] = (7, 7)
+    np.testing.assert_array_equal(load(tmp_path / "half.png"), np.pad(content, bars))
+
+
+def test_larger_non_square_light_image_is_shrunk_keeping_aspect_and_inverted(tmp_path):
+    # 56 wide, 28 high, uniformly light: inverted to 25, shrunk to 28x14 (a constant stays
+    # constant under any normalised resampling filter), padded with black, not with light.
+    Image.fromarray(np.full((28, 56), 230, np.uint8)).save(tmp_path / "wide.png")
+    np.testing.assert_array_equal(
+        load(tmp_path / "wide.png"), np.pad(np.full((14, 28), 25), [(7, 7), (0, 0)])
+    )
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "LA"])
+def test_colour_and_alpha_modes_load_as_their_gray_values_alpha_ignored(garment, tmp_path, mode):
+    alpha = (np.arange(28 * 28).reshape(28, 28) * 37 % 256).astype(np.uint8)  # Any alpha.
+    planes = {"RGB": [garment] * 3, "RGBA": [garment] * 3 + [alpha], "LA": [garment, alpha]}[mode]
+    image = Image.fromarray(np.stack(planes, axis=-1))
+    assert image.mode == mode
+    image.save(tmp_path / "image.png")
+    np.testing.assert_array_equal(load(tmp_path / "image.png"), garment)
+
+
+def test_rgba_image_loads_as_the_same_rgb_image(garment, tmp_path):
+    rgb = np.stack([garment, garment // 2, (garment.astype(int) * 3 // 4).astype(np.uint8)], axis=-1)
+    alpha = (np.arange(28 * 28).reshape(28, 28) * 37 % 256).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    Image.fromarray(np.dstack([rgb, alpha])).save(tmp_path / "rgba.png")
+    rgb_result = load(tmp_path / "rgb.png")
+    assert rgb_result.max() > 100  # Something to compare, not all black.
+    np.testing.assert_array_equal(load(tmp_path / "rgba.png"), rgb_result)
+
+
+def test_palette_image_loads_as_the_gray_of_its_colours(tmp_path):
+    colours = np.array(
+        [[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255], [128, 128, 128], [200, 100, 50], [30, 60, 90],
+         [250, 240, 0], [255, 255, 255]]
+    )  # fmt: skip
+    luma = colours @ [0.299, 0.587, 0.114]  # ITU-R 601-2, as Pillow's convert("L").
+    assert np.all(np.abs(luma - np.floor(luma) - 0.5) > 0.05)  # No rounding ties.
+    indices = np.zeros((28, 28), np.uint8)  # Index 0 (black) on the border: not inverted.
+    indices[1:-1, 1:-1] = np.arange(26 * 26).reshape(26, 26) % len(colours)
+    image = Image.frombytes("P", (28, 28), indices.tobytes())
+    image.putpalette(colours.astype(np.uint8).ravel().tolist())
+    image.save(tmp_path / "palette.png")
+    with Image.open(tmp_path / "palette.png") as saved:
+        assert saved.mode == "P"
+    np.testing.assert_array_equal(load(tmp_path / "palette.png"), np.rint(luma).astype(np.uint8)[indices])
+
+
+@pytest.mark.parametrize("suffix", ["png", "tif"])
+def test_16_bit_grayscale_is_scaled_to_8_bits_not_clipped(garment, tmp_path, suffix):
+    # v * 257 maps 0..255 onto 0..65535 exactly: it must load back as the 8-bit original.
+    # PNG opens as 'I;16'; a TIFF of 32-bit integers opens as 'I', the mode older Pillows
+    # gave 16-bit PNGs. Pillow's own convert("L") clips both at 255 (all but black -> white).
+    wide = garment.astype(np.uint16) * 257 if suffix == "png" else garment.astype(np.int32) * 257
+    Image.fromarray(wide).save(tmp_path / f"deep.{suffix}")
+    with Image.open(tmp_path / f"deep.{suffix}") as saved:
+        assert saved.mode == ("I;16" if suffix == "png" else "I")
+    np.testing.assert_array_equal(load(tmp_path / f"deep.{suffix}"), garment)
+
+
+def test_byte_limit(garment, tmp_path):
+    # A valid PNG padded with (sparse) zeros after its end: readable, so only the size
+    # check can refuse it.
+    path = tmp_path / "padded.png"
+    Image.fromarray(garment).save(path)
+    with open(path, "r+b") as f:
+        f.truncate(predict.MAX_FILE_BYTES)
+    np.testing.assert_array_equal(load(path), garment)  # Exactly at the limit: fine.
+    with open(path, "r+b") as f:
+        f.truncate(predict.MAX_FILE_BYTES + 1)
+    with pytest.raises(predict.ImageError, match=r"bytes is larger than the [\d,]+-byte limit"):
+        predict.load_image(str(path))
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("predict_run")
