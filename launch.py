@@ -105,6 +105,9 @@ def main(argv: list[str]) -> None:
         train.train_and_evaluate(config, workdir)
     except (checkpointing.CheckpointError, input_pipeline.DatasetNotFoundError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:  # A second Ctrl-C: stop at once; the newest checkpoint stays.
+        print("interrupted: stopped without saving", file=sys.stderr, flush=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -372,6 +372,9 @@ class PreemptionGuard:
         if self.signal_name is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # A second Ctrl-C stops at once.
         self.signal_name = signal.Signals(signum).name
+        # os.write, not print: a handler may interrupt a print to the same stream.
+        os.write(2, f"{self.signal_name}: saving at the next step boundary, then stopping".encode())
+        os.write(2, b" (Ctrl-C again stops at once, without saving)\n")
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
@@ -537,90 +540,100 @@ def _train_and_evaluate(
             "and stopped; rerun the same command to resume"
         )
 
-    step = int(par.single_copy(state).step)
-    while step < total_steps:
-        epoch, offset = divmod(step, steps_per_epoch)
-        epoch += 1
-        carried = progress["partial"] or {"loss": 0.0, "accuracy": 0.0, "seconds": 0.0}
-        bar = ProgressBar(steps_per_epoch, enabled=None if is_main else False)
-        t0 = time.perf_counter()
-        history: list[Metrics] = []
-        batches = input_pipeline.epoch_batch_indices(len(train_split), config.batch_size, config.seed, epoch)
-        every = config.checkpoint_every_steps
-        pos = offset  # Steps done in this epoch.
-        while pos < steps_per_epoch:
-            if len(history) >= MAX_STEPS_IN_FLIGHT:
-                jax.block_until_ready(history[-MAX_STEPS_IN_FLIGHT])
-            # Each dispatch ends at the epoch's end and at mid-epoch checkpoints.
-            k = min(dispatch, steps_per_epoch - pos, every - step % every if every > 0 else dispatch)
-            if not scanned:  # Step by step: the batch is gathered on the host.
-                idx = batches[pos][rows]
-                batch = par.put_batch((train_split.images[idx], train_split.labels[idx]))
-                state, metrics = step_fn(state, batch, train_rng)
-            else:  # k steps in one program, batches gathered on the device.
-                indices = jax.device_put(batches[pos : pos + k], par.replicated)
-                state, metrics = chunk_fn(k)(state, device_data, indices, train_rng)
-            history.append(metrics)
-            step += k
-            pos += k
-            bar.update(pos, sync=metrics)
-            if pos == steps_per_epoch:
-                break  # The epoch-end branch below saves, and handles signals.
-            if guard.signal_name or (every > 0 and step % every == 0):
-                _check_finite_losses(history, step, epoch)
-                sums = _metric_sums(history)
-                progress["partial"] = {
-                    "loss": carried["loss"] + sums["loss"],
-                    "accuracy": carried["accuracy"] + sums["accuracy"],
-                    "seconds": carried["seconds"] + time.perf_counter() - t0,
-                }
-                save()
-                if guard.signal_name:
-                    stop_for_signal(epoch)
-                    return None
-        _check_finite_losses(history, step, epoch)
-        sums = _metric_sums(history)
-        epoch_seconds = carried["seconds"] + time.perf_counter() - t0
-        progress["train_seconds"] += epoch_seconds
-        val = evaluate(eval_fn, state, val_split, config.eval_batch_size, par)
-        record = {
-            "epoch": epoch,
-            "train_loss": (carried["loss"] + sums["loss"]) / steps_per_epoch,
-            "train_accuracy": (carried["accuracy"] + sums["accuracy"]) / steps_per_epoch,
-            "validation_loss": val["loss"],
-            "validation_accuracy": val["accuracy"],
-            "learning_rate": float(schedule(step - 1)),
-            "images_per_second": steps_per_epoch * config.batch_size / epoch_seconds,
-            "epoch_seconds": epoch_seconds,
-        }
-        if config.get("test_every_epoch", False):
-            epoch_test = evaluate(eval_fn, state, test_split, config.eval_batch_size, par)
-            record.update(
-                test_loss=epoch_test["loss"],
-                test_accuracy=epoch_test["accuracy"],
-                seconds_since_process_start=seconds_since_process_start(),
+    try:
+        step = int(par.single_copy(state).step)
+        while step < total_steps:
+            epoch, offset = divmod(step, steps_per_epoch)
+            epoch += 1
+            carried = progress["partial"] or {"loss": 0.0, "accuracy": 0.0, "seconds": 0.0}
+            bar = ProgressBar(steps_per_epoch, enabled=None if is_main else False)
+            t0 = time.perf_counter()
+            history: list[Metrics] = []
+            batches = input_pipeline.epoch_batch_indices(
+                len(train_split), config.batch_size, config.seed, epoch
             )
-            if stop_at and epoch_test["accuracy"] >= stop_at:
-                stopped_at_epoch = epoch
-        progress["epoch_records"].append(record)
-        progress["partial"] = None
-        if epoch % config.checkpoint_every_epochs == 0 or step == total_steps or stopped_at_epoch:
-            save(val["accuracy"])
-        log.write(step, record)
-        test_note = f"  test acc {record['test_accuracy']:.4f}" if "test_accuracy" in record else ""
-        say(
-            f"epoch {epoch:3d}/{config.num_epochs}  train loss {record['train_loss']:.4f} "
-            f"acc {record['train_accuracy']:.4f}  val loss {val['loss']:.4f} acc {val['accuracy']:.4f}"
-            f"{test_note}  {record['images_per_second']:,.0f} img/s  {epoch_seconds:.1f}s"
-        )
-        if stopped_at_epoch:
-            say(f"test accuracy reached config.stop_at_test_accuracy={stop_at}: stopped after epoch {epoch}")
-            break
-        if guard.signal_name and step < total_steps:
-            if manager.latest_step() != step:
+            every = config.checkpoint_every_steps
+            pos = offset  # Steps done in this epoch.
+            while pos < steps_per_epoch:
+                if len(history) >= MAX_STEPS_IN_FLIGHT:
+                    jax.block_until_ready(history[-MAX_STEPS_IN_FLIGHT])
+                # Each dispatch ends at the epoch's end and at mid-epoch checkpoints.
+                k = min(dispatch, steps_per_epoch - pos, every - step % every if every > 0 else dispatch)
+                if not scanned:  # Step by step: the batch is gathered on the host.
+                    idx = batches[pos][rows]
+                    batch = par.put_batch((train_split.images[idx], train_split.labels[idx]))
+                    state, metrics = step_fn(state, batch, train_rng)
+                else:  # k steps in one program, batches gathered on the device.
+                    indices = jax.device_put(batches[pos : pos + k], par.replicated)
+                    state, metrics = chunk_fn(k)(state, device_data, indices, train_rng)
+                history.append(metrics)
+                step += k
+                pos += k
+                bar.update(pos, sync=metrics)
+                if pos == steps_per_epoch:
+                    break  # The epoch-end branch below saves, and handles signals.
+                if guard.signal_name or (every > 0 and step % every == 0):
+                    _check_finite_losses(history, step, epoch)
+                    sums = _metric_sums(history)
+                    progress["partial"] = {
+                        "loss": carried["loss"] + sums["loss"],
+                        "accuracy": carried["accuracy"] + sums["accuracy"],
+                        "seconds": carried["seconds"] + time.perf_counter() - t0,
+                    }
+                    save()
+                    if guard.signal_name:
+                        stop_for_signal(epoch)
+                        return None
+            _check_finite_losses(history, step, epoch)
+            sums = _metric_sums(history)
+            epoch_seconds = carried["seconds"] + time.perf_counter() - t0
+            progress["train_seconds"] += epoch_seconds
+            val = evaluate(eval_fn, state, val_split, config.eval_batch_size, par)
+            record = {
+                "epoch": epoch,
+                "train_loss": (carried["loss"] + sums["loss"]) / steps_per_epoch,
+                "train_accuracy": (carried["accuracy"] + sums["accuracy"]) / steps_per_epoch,
+                "validation_loss": val["loss"],
+                "validation_accuracy": val["accuracy"],
+                "learning_rate": float(schedule(step - 1)),
+                "images_per_second": steps_per_epoch * config.batch_size / epoch_seconds,
+                "epoch_seconds": epoch_seconds,
+            }
+            if config.get("test_every_epoch", False):
+                epoch_test = evaluate(eval_fn, state, test_split, config.eval_batch_size, par)
+                record.update(
+                    test_loss=epoch_test["loss"],
+                    test_accuracy=epoch_test["accuracy"],
+                    seconds_since_process_start=seconds_since_process_start(),
+                )
+                if stop_at and epoch_test["accuracy"] >= stop_at:
+                    stopped_at_epoch = epoch
+            progress["epoch_records"].append(record)
+            progress["partial"] = None
+            if epoch % config.checkpoint_every_epochs == 0 or step == total_steps or stopped_at_epoch:
                 save(val["accuracy"])
-            stop_for_signal(epoch)
-            return None
+            log.write(step, record)
+            test_note = f"  test acc {record['test_accuracy']:.4f}" if "test_accuracy" in record else ""
+            say(
+                f"epoch {epoch:3d}/{config.num_epochs}  train loss {record['train_loss']:.4f} "
+                f"acc {record['train_accuracy']:.4f}  val loss {val['loss']:.4f} acc {val['accuracy']:.4f}"
+                f"{test_note}  {record['images_per_second']:,.0f} img/s  {epoch_seconds:.1f}s"
+            )
+            if stopped_at_epoch:
+                say(
+                    f"test accuracy reached config.stop_at_test_accuracy={stop_at}: stopped after epoch {epoch}"
+                )
+                break
+            if guard.signal_name and step < total_steps:
+                if manager.latest_step() != step:
+                    save(val["accuracy"])
+                stop_for_signal(epoch)
+                return None
+    except BaseException:
+        # A failed or interrupted run still completes the save in flight (a state checked
+        # finite): nothing half-written is left behind, no error from orbax's writer thread.
+        manager.wait_until_finished()
+        raise
     manager.wait_until_finished()
 
     # The final state's test evaluation, unless the last epoch already ran it.

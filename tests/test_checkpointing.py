@@ -132,6 +132,56 @@ def test_sigterm_saves_and_exits_zero_then_resumes(uninterrupted, tmp_path):
     assert_states_bitwise_equal(final_state(tmp_path)[0], final_state(ref_dir)[0])
 
 
+def test_sigint_saves_and_exits_zero(tmp_path):
+    """A first Ctrl-C is a preemption like SIGTERM: save, one line, exit 0."""
+    proc = launch(*cnn3_args(tmp_path))
+    for line in proc.stdout:
+        if line.startswith("compiled the train step"):
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    caught = [line for line in out.splitlines() if line.startswith("caught SIGINT")]
+    assert len(caught) == 1, out
+    step = int(caught[0].split("at step ")[1].split()[0])
+    assert 0 < step < 2 * STEPS_PER_EPOCH
+    assert checkpointing.create_manager(str(tmp_path), create=False).latest_step() == step
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_second_sigint_stops_at_once_without_saving(tmp_path):
+    """Two Ctrl-C during set-up (the handlers are in place from the start): the
+    first asks for a save after the first step, the second stops before it."""
+    proc = launch(*cnn3_args(tmp_path))
+    deadline = time.time() + 120
+    while not (tmp_path / "config.json").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    for line in proc.stdout:  # The first is acknowledged at once ...
+        if line.startswith("SIGINT: saving at the next step boundary"):
+            break
+    proc.send_signal(signal.SIGINT)  # ... and the second arrives before the first step ends.
+    t = time.time()
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert time.time() - t < 15
+    assert "interrupted: stopped without saving" in out and "Traceback" not in out
+    assert "caught SIGINT" not in out
+    assert not (tmp_path / "checkpoints").is_dir() or saved_steps(tmp_path) == []
+
+
+def test_preemption_guard_turns_one_sigint_into_a_flag_and_the_second_into_an_interrupt():
+    with train.PreemptionGuard() as guard:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)  # Python runs the handler at the next bytecode.
+        assert guard.signal_name == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_eval_mode_reproduces_the_final_numbers(uninterrupted):
     ref_dir, ref_results = uninterrupted
     report = train.evaluate_checkpoint(str(ref_dir), "latest")
@@ -147,7 +197,7 @@ def test_eval_mode_reproduces_the_final_numbers(uninterrupted):
     assert best["validation"]["accuracy"] == best_val
 
 
-def test_truncated_newest_checkpoint_falls_back_to_an_intact_one(uninterrupted, tmp_path):
+def test_truncated_newest_checkpoint_falls_back_to_an_intact_one(uninterrupted, tmp_path, capsys):
     import shutil
 
     ref_dir, ref_results = uninterrupted
@@ -160,7 +210,12 @@ def test_truncated_newest_checkpoint_falls_back_to_an_intact_one(uninterrupted, 
     victim = max(files, key=os.path.getsize)
     with open(victim, "r+b") as f:
         f.truncate(os.path.getsize(victim) // 2)
+    capsys.readouterr()
     results = train.train_and_evaluate(small_config(), str(tmp_path))
+    out = capsys.readouterr().out
+    # It resumed from the newest intact checkpoint (not from scratch), trained the rest.
+    assert f"warning: checkpoint {2 * STEPS_PER_EPOCH} is unreadable" in out
+    assert f"resumed from the checkpoint at step {max(older)} " in out
     assert (tmp_path / "checkpoints" / f"corrupt_{2 * STEPS_PER_EPOCH}").is_dir()
     for step in older:
         assert (tmp_path / "checkpoints" / str(step)).is_dir() or step < max(older)
@@ -179,19 +234,81 @@ def test_checkpoint_of_another_architecture_names_the_parameter(uninterrupted):
         train.train_and_evaluate(config, str(ref_dir))
 
 
-def test_nan_loss_stops_with_the_step_and_saves_nothing_non_finite(tmp_path):
-    config = small_config()
-    config.optimizer = "sgd"
-    config.learning_rate = 1e12
-    config.checkpoint_every_steps = 5
-    with pytest.raises(FloatingPointError, match=r"train loss is (nan|inf) at step \d+ \(epoch 1\)"):
+def tiny_mlp_config(**overrides):
+    """mlp_4x2 on 600 training images: 18 steps of 32 per epoch."""
+    config = importlib.import_module("configs.mlp_4x2").get_config()
+    config.update({"validation_fraction": 0.99, "num_epochs": 2, "write_report": False, **overrides})
+    return config
+
+
+def saved_steps(workdir):
+    return sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_finite_checkpoints_before_it(tmp_path):
+    """SGD at 1e36 on raw pixels: the first step's parameters are huge but finite and
+    are saved (a checkpoint every step); a later step's loss is not finite, and the
+    run stops naming it, after finishing the save in flight (nothing half-written)."""
+    config = tiny_mlp_config(
+        optimizer="sgd", learning_rate=1e36, normalize=False, checkpoint_every_steps=1, steps_per_dispatch=1
+    )
+    with pytest.raises(FloatingPointError, match=r"train loss is (nan|inf) at step \d+ \(epoch 1\)") as e:
         train.train_and_evaluate(config, str(tmp_path))
-    ckpt_dir = tmp_path / "checkpoints"
-    for step in [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()]:
-        manager = checkpointing.create_manager(str(tmp_path), create=False)
-        _, template = train.create_train_state(config, jax.random.PRNGKey(0), 1)
-        state, _ = checkpointing.restore(manager, step, template)
+    bad_step = int(str(e.value).split("at step ")[1].split()[0])
+    assert bad_step >= 2
+    assert saved_steps(tmp_path) and max(saved_steps(tmp_path)) == bad_step - 1
+    assert [d for d in os.listdir(tmp_path / "checkpoints") if not d.isdigit()] == []
+    for step in saved_steps(tmp_path):
+        state, _ = final_state(tmp_path, str(step))
+        assert int(state.step) == step
         assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(state.params))
+        assert max(np.abs(x).max() for x in jax.tree_util.tree_leaves(state.params)) > 1e30
+
+
+def test_non_finite_parameters_are_never_saved(tmp_path):
+    """SGD at 1e38 on raw pixels: step 1's loss is finite but its update overflows
+    the parameters to inf. The checkpoint due after step 1 is refused."""
+    config = tiny_mlp_config(
+        optimizer="sgd", learning_rate=1e38, normalize=False, checkpoint_every_steps=1, steps_per_dispatch=1
+    )
+    with pytest.raises(FloatingPointError, match=r"parameters are not finite at step 1; not saving them"):
+        train.train_and_evaluate(config, str(tmp_path))
+    assert saved_steps(tmp_path) == []
+
+
+def test_best_checkpoint_is_the_best_validation_epoch_not_the_latest(tmp_path):
+    """The rate grows 10x per epoch from 0.01: validation accuracy rises, then the
+    network breaks (rates 1 and 10). `best` must be the best epoch's checkpoint, and
+    `--checkpoint=STEP` the checkpoint of that step."""
+    config = tiny_mlp_config(num_epochs=4, schedule="exponential", epochs_per_decade=1.0, learning_rate=0.01)
+    train.train_and_evaluate(config, str(tmp_path))
+    with open(tmp_path / "metrics.jsonl") as f:
+        accuracy = {r["epoch"] * 18: r["validation_accuracy"] for r in map(json.loads, f)}
+    best_step = max(accuracy, key=accuracy.get)
+    assert best_step < 4 * 18 and accuracy[best_step] > 1.5 * accuracy[4 * 18]
+    assert saved_steps(tmp_path) == sorted({best_step, 3 * 18, 4 * 18})
+    best = train.evaluate_checkpoint(str(tmp_path), "best")
+    assert best["step"] == best_step and best["validation"]["accuracy"] == accuracy[best_step]
+    third = train.evaluate_checkpoint(str(tmp_path), str(3 * 18))
+    assert third["step"] == 3 * 18 and third["validation"]["accuracy"] == accuracy[3 * 18]
+    assert (tmp_path / f"eval_{best_step}.json").is_file() and (tmp_path / "eval_54.json").is_file()
+    with pytest.raises(checkpointing.CheckpointError, match=r"--checkpoint='5': expected .* saved steps"):
+        train.evaluate_checkpoint(str(tmp_path), "5")
+
+
+def test_checkpoint_every_epochs_saves_those_epochs_and_the_last(tmp_path, monkeypatch):
+    config = tiny_mlp_config(num_epochs=5, checkpoint_every_epochs=2)
+    saves = []
+    original = checkpointing.save
+
+    def recording_save(manager, state, progress, validation_accuracy=checkpointing.NOT_EVALUATED):
+        saves.append(int(state.step))
+        original(manager, state, progress, validation_accuracy)
+
+    monkeypatch.setattr(checkpointing, "save", recording_save)
+    train.train_and_evaluate(config, str(tmp_path))
+    assert saves == [2 * 18, 4 * 18, 5 * 18]
+    assert set(saved_steps(tmp_path)) <= set(saves)
 
 
 def test_eval_of_missing_or_empty_workdir_is_a_clear_error(tmp_path):
@@ -203,6 +320,29 @@ def test_eval_of_missing_or_empty_workdir_is_a_clear_error(tmp_path):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1
     assert "error: " in out and "holds no config.json" in out and "Traceback" not in out
+
+
+def test_one_device_save_restores_on_eight_devices(uninterrupted, tmp_path):
+    """The reference run (one device, batch norm) evaluated by `--mode=eval` in a
+    process with eight devices: its checkpoint is restored replicated over them."""
+    import shutil
+
+    ref_dir, ref_results = uninterrupted
+    shutil.copytree(ref_dir, tmp_path, dirs_exist_ok=True)
+    proc = launch(
+        "--mode=eval",
+        f"--workdir={tmp_path}",
+        "--checkpoint=latest",
+        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+    )
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    with open(tmp_path / f"eval_{ref_results['step']}.json") as f:
+        report = json.load(f)
+    assert report["machine"].startswith("8x cpu")
+    assert report["test"]["loss"] == pytest.approx(ref_results["test"]["loss"], rel=1e-5)
+    assert report["test"]["count"] == 10_000
+    assert abs(report["test"]["accuracy"] - ref_results["test"]["accuracy"]) <= 2 / 10_000  # Near-ties.
 
 
 def test_eight_device_save_restores_on_one_device(tmp_path):
