@@ -471,7 +471,10 @@ def _train_and_evaluate(
         return chunk_fns[num_steps]
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        compiling = pool.submit(chunk_fn, dispatch) if scanned else None
+        # The first dispatch's length (mid-epoch checkpoints may cut it short).
+        every = config.checkpoint_every_steps
+        first = min(dispatch, every) if every > 0 else dispatch
+        compiling = pool.submit(chunk_fn, first) if scanned else None
         state = make_state(init_rng)
         num_params = models.count_parameters({"params": state.params, "batch_stats": state.batch_stats})
 

@@ -81,28 +81,45 @@ def test_scanned_mlp_equals_host_fed_steps(splits):
     _assert_same_state(scanned, state)
 
 
-@pytest.mark.parametrize("steps_per_dispatch", [0, 7])
-def test_training_run_is_identical_for_any_steps_per_dispatch(tmp_path, steps_per_dispatch):
-    """Whole runs, mid-epoch checkpoints included: one dispatch per step, one per
-    epoch (0) and chunks that do not divide the epoch end with the same results."""
+@pytest.mark.parametrize(
+    ("steps_per_dispatch", "every", "chunks"),
+    [(0, 0, {18}), (7, 0, {7, 4}), (7, 5, {5, 2, 3, 1})],
+)
+def test_training_run_is_identical_for_any_steps_per_dispatch(
+    tmp_path, monkeypatch, steps_per_dispatch, every, chunks
+):
+    """Whole runs: one dispatch per step, one per epoch (0), chunks that do not divide
+    the epoch, and chunks cut by mid-epoch checkpoints end with the same results. The
+    chunk lengths compiled show that each case really ran as named."""
+    compiled = []
+    original = parallel.DataParallel.compile_train_chunk
+
+    def recording(self, step_fn, state, data, num_steps, *args):
+        compiled.append(num_steps)
+        return original(self, step_fn, state, data, num_steps, *args)
+
+    monkeypatch.setattr(parallel.DataParallel, "compile_train_chunk", recording)
 
     def run(spd, workdir):
+        compiled.clear()
         config = load_config("mlp_4x2")
         config.num_epochs = 2
         config.validation_fraction = 0.99  # 600 training images: 18 steps per epoch.
-        config.checkpoint_every_steps = 5
+        config.checkpoint_every_steps = every
         config.write_report = False
         config.steps_per_dispatch = spd
         result = train.train_and_evaluate(config, str(workdir))
         with open(workdir / "metrics.jsonl") as f:
             curves = [json.loads(line) for line in f]
-        return result, curves
+        return result, curves, set(compiled)
 
-    base, base_curves = run(1, tmp_path / "one")
-    other, other_curves = run(steps_per_dispatch, tmp_path / "other")
+    base, base_curves, base_chunks = run(1, tmp_path / "one")
+    other, other_curves, other_chunks = run(steps_per_dispatch, tmp_path / "other")
+    assert base_chunks == {1} and other_chunks == chunks
     assert other["step"] == base["step"] == 36
     assert other["test"] == base["test"]
     assert [c["train_loss"] for c in other_curves] == [c["train_loss"] for c in base_curves]
+    assert [c["validation_loss"] for c in other_curves] == [c["validation_loss"] for c in base_curves]
 
 
 def test_steps_per_dispatch_is_validated():
