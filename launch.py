@@ -103,7 +103,12 @@ def main(argv: list[str]) -> None:
             lr_finder.find_learning_rate(config, workdir)
             return
         train.train_and_evaluate(config, workdir)
-    except (checkpointing.CheckpointError, input_pipeline.DatasetNotFoundError, FloatingPointError) as e:
+    except (
+        checkpointing.CheckpointError,
+        configuration.ConfigError,
+        input_pipeline.DatasetNotFoundError,
+        FloatingPointError,
+    ) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:  # A second Ctrl-C: stop at once; the newest checkpoint stays.
         print("interrupted: stopped without saving", file=sys.stderr, flush=True)

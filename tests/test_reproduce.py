@@ -2,6 +2,10 @@
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -77,3 +81,56 @@ def test_unknown_row_is_an_error(tmp_path):
     with pytest.raises(SystemExit):
         reproduce.main(["--only=nope", f"--root={tmp_path}", f"--output={tmp_path / 'R.md'}"])
     assert not (tmp_path / "R.md").exists()
+
+
+TINY = reproduce.Row(
+    "tiny",
+    "mlp_4x2",
+    "0.80",
+    None,
+    ("--config.validation_fraction=0.99", "--config.num_epochs=2", "--config.steps_per_dispatch=1"),
+)
+# `python -m fmnist_jax.reproduce` with the table reduced to the tiny row.
+RUN_TINY = (
+    "import sys; from fmnist_jax import reproduce as r; "
+    f"r.ROWS = (r.Row{tuple(getattr(TINY, f) for f in ('name', 'config', 'seed_reported', 'threshold', 'overrides'))},); "
+    "sys.exit(r.main(sys.argv[1:]))"
+)
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """Ctrl-C (SIGINT to the process group) stops `reproduce` and its training child,
+    which saves; the same command again resumes that run and finishes it with the
+    results of a run never interrupted."""
+    args = ["--only=tiny", "--seeds=0", f"--output={tmp_path / 'R.md'}"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUN_TINY, *args, f"--root={tmp_path / 'runs'}"],
+        cwd=reproduce.ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    log = tmp_path / "runs" / "tiny" / "seed0" / "train.log"
+    deadline = time.time() + 120
+    # Set-up is done (the signal handlers are in place) once the child prints this line.
+    while time.time() < deadline and not (log.exists() and " parameters; " in log.read_text()):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "run the same command again to resume" in out
+    assert "caught SIGINT: saved a checkpoint at step" in log.read_text()
+    assert not (log.parent / "results.json").exists()
+
+    monkeypatch.setattr(reproduce, "ROWS", (TINY,))
+    assert reproduce.main([*args, f"--root={tmp_path / 'runs'}"]) == 0
+    assert reproduce.main([*args, f"--root={tmp_path / 'fresh'}"]) == 0
+    resumed = reproduce.load_result(str(log.parent))
+    fresh = reproduce.load_result(str(tmp_path / "fresh" / "tiny" / "seed0"))
+    assert "resumed from the checkpoint at step" in log.read_text()
+    assert resumed["step"] == fresh["step"] == 2 * 18
+    assert resumed["test"] == fresh["test"]
+    assert reproduce.was_resumed(str(log.parent))
