@@ -11,7 +11,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from fmnist_jax import configuration, input_pipeline, train
+from fmnist_jax import checkpointing, configuration, input_pipeline, train
 from fmnist_jax import results as results_lib
 
 
@@ -349,3 +349,44 @@ def test_metrics_log_without_tensorboard_still_writes_jsonl(tmp_path, monkeypatc
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25}]
     assert not (tmp_path / "tensorboard").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {
+            "optimizer": "sgd",
+            "nesterov": True,
+            "learning_rate": 0.01,
+            "normalize": False,
+            "augment_flip": True,
+            "label_smoothing": 0.1,
+        },
+        {"optimizer": "adamw", "weight_decay": 0.1, "augment_flip": True, "label_smoothing": 0.2},
+    ],
+    ids=["sgd_nesterov_raw_flip_smooth", "adamw_flip_smooth"],
+)
+def test_training_options_reach_the_run(tmp_path, overrides):
+    """A whole run (scanned on the device) with these options ends with the state a
+    plain host loop of `train_step` reaches with the same options passed explicitly:
+    every option goes through the run's configuration into its step."""
+    config = load_config("mlp_4x2")
+    config.update({"validation_fraction": 0.99, "num_epochs": 2, "write_report": False, **overrides})
+    train.train_and_evaluate(config, str(tmp_path))
+    manager = checkpointing.create_manager(str(tmp_path), create=False)
+    _, template = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=18)
+    run_state, _ = checkpointing.restore(manager, 36, template)
+
+    init_rng, rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    _, state = train.create_train_state(config, init_rng, steps_per_epoch=18)
+    kwargs = {k: config[k] for k in ("normalize", "augment_flip", "label_smoothing")}
+    step = jax.jit(functools.partial(train.train_step, **kwargs))
+    split = input_pipeline.load_splits(validation_fraction=0.99)["train"]
+    for epoch in (1, 2):
+        for idx in input_pipeline.epoch_batch_indices(len(split), 32, config.seed, epoch):
+            state, _ = step(state, (split.images[idx], split.labels[idx]), rng)
+    assert int(run_state.step) == int(state.step) == 36
+    for a, b in zip(
+        jax.tree_util.tree_leaves(run_state.params), jax.tree_util.tree_leaves(state.params), strict=True
+    ):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
