@@ -1,6 +1,7 @@
 """The benchmark compares like with like: its Keras models are ours, parameter for parameter."""
 
 import importlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,11 @@ import pytest
 
 from fmnist_jax import benchmark, models, parallel, train
 
-CONFIGS = ["mlp_256", "mlp_20x3", "cnn2_2x2", "cnn2_dropout", "cnn3_wide", "cnn4"]
+# Every seed model: the README's parameter table claims each equals its Keras model's.
+CONFIGS = [
+    "mlp_4x2", "mlp_20x3", "mlp_20x4", "mlp_256", "mlp_128",
+    "cnn2_2x2", "cnn2_64", "cnn2_dropout", "cnn3_wide", "cnn3", "cnn4",
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -116,8 +121,25 @@ def test_config_overrides():
 
 def test_profile_times_the_step_s_operations():
     table = benchmark.profile_ops("mlp_4x2", num_steps=5)
-    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    header = re.search(r"(\d+) scanned steps traced, ([\d,]+) us per step wall", table)
+    assert header and header.group(1) == "5", table
+    wall_us = float(header.group(2).replace(",", ""))
+    rows = []
+    for line in table.splitlines():
+        if line.startswith("| `"):
+            _, _op, computes, us, share, _ = line.split("|")
+            rows.append((computes.strip(), float(us.replace(",", "")), float(share.strip(" %")) / 100))
     assert rows, table
+    # Per step: each share is its time over the step's wall time, listed longest first
+    # (shares to 0.1 %, times to 0.1 us, the wall time to 1 us in the table).
+    for _, us, share in rows:
+        assert abs(share - us / wall_us) <= 0.0006 + 1.5 * (0.05 + 0.5 * us / wall_us) / wall_us, table
+        assert share >= 0.01, table
+    assert [us for _, us, _ in rows] == sorted((us for _, us, _ in rows), reverse=True), table
+    # The scan loop holds every step: timed per step, it fits in the step's wall time
+    # (not num_steps times over).
+    loop = [share for computes, _, share in rows if computes.endswith("/while")]
+    assert len(loop) == 1 and 0 < loop[0] <= 1.05, table
     # The first layer's matmul is one of the operations timed, with a positive time.
-    dense = [r for r in rows if "Dense_0/" in r]
-    assert dense and all(float(r.split("|")[3].replace(",", "")) > 0 for r in dense), table
+    dense = [us for computes, us, _ in rows if computes.startswith("Dense_0/")]
+    assert dense and all(us > 0 for us in dense), table

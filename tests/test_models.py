@@ -1,8 +1,10 @@
 import importlib
+import os
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -33,6 +35,20 @@ def test_parameter_count_equals_keras(name):
     model = models.create_model(load_config(name).model)
     variables = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0)))
     assert models.count_parameters(variables) == KERAS_PARAMS[name]
+
+
+def test_readme_parameter_table_is_the_pinned_counts():
+    """README's table of seed models quotes these counts (and says this file pins them)."""
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")) as f:
+        readme = f.read()
+    section = readme.split("## The seed models", 1)[1].split("\n## ", 1)[0]
+    assert "pinned by `tests/test_models.py`" in section
+    table = {}
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            table[cells[0].strip("`")] = int(cells[2].replace(",", ""))
+    assert table == KERAS_PARAMS
 
 
 @pytest.mark.parametrize("name", sorted(KERAS_PARAMS))
@@ -66,15 +82,48 @@ def test_max_pool_2x2_equals_flax_max_pool(size):
     np.testing.assert_array_equal(models.max_pool_2x2(x), expected)
 
 
-def test_dropout_only_in_training():
-    model = models.create_model(load_config("cnn2_dropout").model)
+@pytest.mark.parametrize(
+    "fields, rate_field",
+    [
+        ({"name": "mlp", "hidden": (32, 16), "dropout": (0.0, 0.5)}, "dropout"),
+        (
+            {"name": "cnn", "conv_features": (4, 4), "dense_features": (16,), "conv_dropout": 0.5},
+            "conv_dropout",
+        ),
+        (
+            {"name": "cnn", "conv_features": (4,), "dense_features": (16,), "dense_dropout": 0.5},
+            "dense_dropout",
+        ),
+    ],
+    ids=["mlp", "cnn_conv", "cnn_dense"],
+)
+def test_dropout_only_in_training(fields, rate_field):
+    """Each dropout site: evaluation is exactly the network without dropout; training
+    drops units, differently for each dropout key and reproducibly for one."""
+    model = models.create_model(ml_collections.ConfigDict(fields))
+    plain = models.create_model(ml_collections.ConfigDict({**fields, rate_field: 0.0}))
     x = jax.random.uniform(jax.random.PRNGKey(1), (4, 28, 28, 1))
     variables = models.init_variables(model, jax.random.PRNGKey(0))
-    a = model.apply(variables, x, train=False)
-    b = model.apply(variables, x, train=False)
-    c = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
-    np.testing.assert_array_equal(a, b)
-    assert not np.allclose(a, c)
+
+    @jax.jit
+    def outputs(variables, x, key):
+        evaluated = model.apply(variables, x, train=False)
+        trained = model.apply(variables, x, train=True, rngs={"dropout": key})
+        return (
+            evaluated,
+            trained,
+            plain.apply(variables, x, train=False),
+            plain.apply(variables, x, train=True),
+        )
+
+    evaluated, trained, plain_eval, plain_train = outputs(variables, x, jax.random.PRNGKey(2))
+    np.testing.assert_array_equal(evaluated, plain_eval)
+    np.testing.assert_array_equal(plain_train, plain_eval)  # Without dropout, training changes nothing.
+    assert not np.allclose(trained, evaluated)
+    _, again, _, _ = outputs(variables, x, jax.random.PRNGKey(2))
+    _, other, _, _ = outputs(variables, x, jax.random.PRNGKey(3))
+    np.testing.assert_array_equal(trained, again)
+    assert not np.allclose(trained, other)
 
 
 def test_per_layer_field_length_is_checked():
