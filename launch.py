@@ -42,6 +42,59 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: how
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
 
 
+# What a run may stop with: one line on stderr, exit status 1, no traceback.
+def _user_errors() -> tuple[type[Exception], ...]:
+    from fmnist_jax import checkpointing
+
+    return (
+        checkpointing.CheckpointError,
+        configuration.ConfigError,
+        input_pipeline.DatasetNotFoundError,
+        FloatingPointError,
+    )
+
+
+def predict_mode() -> None:
+    if not _WORKDIR.value or not _IMAGES.value:
+        raise app.UsageError("--mode=predict needs --workdir (a training run) and at least one --image")
+    from fmnist_jax import predict
+
+    results = predict.predict_files(_WORKDIR.value, _IMAGES.value, _CHECKPOINT.value)
+    print(predict.format_results(results))
+    if any("error" in r for r in results):
+        sys.exit(1)
+
+
+def eval_mode() -> None:
+    if not _WORKDIR.value:
+        raise app.UsageError("--mode=eval needs --workdir (the training run's directory)")
+    from fmnist_jax import evaluate
+
+    evaluate.evaluate_checkpoint(_WORKDIR.value, _CHECKPOINT.value)
+
+
+def training_mode(mode: str) -> None:
+    """train, lr_find or best_of_n on --config, in --workdir (default runs/<config name>)."""
+    config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("--config is required for training, e.g. --config=configs/cnn4.py")
+    configuration.validate_config(config)  # Before the heavy imports: bad input fails fast.
+    name = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])))[0]
+    workdir = _WORKDIR.value or os.path.join("runs", name)
+    if mode == "best_of_n":
+        from fmnist_jax import best_of_n
+
+        best_of_n.best_of_n(config, workdir)
+    elif mode == "lr_find":
+        from fmnist_jax import lr_finder
+
+        lr_finder.find_learning_rate(config, workdir)
+    else:
+        from fmnist_jax import train
+
+        train.train_and_evaluate(config, workdir)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -55,60 +108,10 @@ def main(argv: list[str]) -> None:
         )
     except ValueError as e:
         raise app.UsageError(str(e)) from e
-    if _MODE.value == "predict":
-        if not _WORKDIR.value or not _IMAGES.value:
-            raise app.UsageError("--mode=predict needs --workdir (a training run) and at least one --image")
-        from fmnist_jax import checkpointing, predict
-
-        try:
-            results = predict.predict_files(_WORKDIR.value, _IMAGES.value, _CHECKPOINT.value)
-        except checkpointing.CheckpointError as e:
-            sys.exit(f"error: {e}")
-        print(predict.format_results(results))
-        if any("error" in r for r in results):
-            sys.exit(1)
-        return
-    if _MODE.value == "eval":
-        if not _WORKDIR.value:
-            raise app.UsageError("--mode=eval needs --workdir (the training run's directory)")
-        from fmnist_jax import checkpointing, train
-
-        try:
-            train.evaluate_checkpoint(_WORKDIR.value, _CHECKPOINT.value)
-        except (checkpointing.CheckpointError, input_pipeline.DatasetNotFoundError) as e:
-            sys.exit(f"error: {e}")
-        return
-
-    config = _CONFIG.value
-    if config is None:
-        raise app.UsageError("--config is required for training, e.g. --config=configs/cnn4.py")
+    modes = {"predict": predict_mode, "eval": eval_mode}
     try:
-        configuration.validate_config(config)
-    except configuration.ConfigError as e:
-        sys.exit(f"error: {e}")
-    name = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])))[0]
-    workdir = _WORKDIR.value or os.path.join("runs", name)
-
-    from fmnist_jax import checkpointing, train  # Imported late: flag errors stay fast.
-
-    try:
-        if _MODE.value == "best_of_n":
-            from fmnist_jax import best_of_n
-
-            best_of_n.best_of_n(config, workdir)
-            return
-        if _MODE.value == "lr_find":
-            from fmnist_jax import lr_finder
-
-            lr_finder.find_learning_rate(config, workdir)
-            return
-        train.train_and_evaluate(config, workdir)
-    except (
-        checkpointing.CheckpointError,
-        configuration.ConfigError,
-        input_pipeline.DatasetNotFoundError,
-        FloatingPointError,
-    ) as e:
+        modes.get(_MODE.value, lambda: training_mode(_MODE.value))()
+    except _user_errors() as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:  # A second Ctrl-C: stop at once; the newest checkpoint stays.
         print("interrupted: stopped without saving", file=sys.stderr, flush=True)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fmnist_jax import checkpointing, input_pipeline, models, parallel, train
+from fmnist_jax import checkpointing, evaluate, input_pipeline, models, runtime, steps
 from fmnist_jax.configuration import ConfigError, validate_config
 
 
@@ -58,7 +58,7 @@ def _epoch_indices(
 
 def _compile_epoch(config: ml_collections.ConfigDict, states: Any, data: Any, indices: np.ndarray) -> Any:
     """One program: a scan over the epoch's steps of the vmapped train step."""
-    step = train._train_step_fn(config, parallel.DataParallel("jit"))  # No collective axis.
+    step = steps.configured_train_step(config)  # No collective axis.
 
     def epoch(states: Any, data: Any, indices: jax.Array, rngs: jax.Array) -> Any:
         images, labels = data
@@ -74,13 +74,13 @@ def _compile_epoch(config: ml_collections.ConfigDict, states: Any, data: Any, in
 
 
 def _evaluator(config: ml_collections.ConfigDict) -> Callable[..., Any]:
-    """train.eval_step (summed loss, confusion matrix) of every model on its own rows."""
+    """steps.eval_step (summed loss, confusion matrix) of every model on its own rows."""
 
     def run(states: Any, data: Any, idx: jax.Array, mask: jax.Array) -> Any:
         images, labels = data
 
         def one(state: Any, rows: jax.Array, m: jax.Array) -> Any:
-            return train.eval_step(state, (images[rows], labels[rows], m), normalize=config.normalize)
+            return steps.eval_step(state, (images[rows], labels[rows], m), normalize=config.normalize)
 
         return jax.vmap(one)(states, idx, mask)
 
@@ -119,7 +119,7 @@ def _train(
     ours = [carves[i] for i in model_ids]
     steps_per_epoch = (len(ours[0][0])) // batch
     root = jax.random.PRNGKey(config.seed)
-    model, template = train.create_train_state(config, root, steps_per_epoch)
+    model, template = steps.create_train_state(config, root, steps_per_epoch)
 
     def init(rng: jax.Array) -> Any:
         variables = models.init_variables(model, rng)
@@ -167,6 +167,7 @@ def _train(
 def best_of_n(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains config.best_of_n models at once, keeps the lowest validation loss."""
     validate_config(config)
+    runtime.enable_compilation_cache(config.compilation_cache)
     n = config.best_of_n
     if n < 1:
         raise ConfigError(f"config.best_of_n={n}: must be >= 1")
@@ -179,7 +180,7 @@ def best_of_n(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     say(
         f"{config.name}: best of {n} models trained at once (vmap), {len(carves[0][0])} train / "
         f"{len(carves[0][1])} validation each, split seeds {config.split_seed}..{config.split_seed + n - 1}; "
-        f"{train.machine_description()}"
+        f"{runtime.machine_description()}"
     )
     states, record = _train(config, n, data, carves, list(range(n)), say)
     final_val_loss = np.asarray(record["history"][-1]["validation_loss"])
@@ -189,11 +190,11 @@ def best_of_n(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     test = input_pipeline.Split(
         arrays["test_images"], arrays["test_labels"], np.arange(len(arrays["test_labels"]))
     )
-    eval_fn = jax.jit(lambda s, b: train.eval_step(s, b, normalize=config.normalize))
+    eval_fn = jax.jit(lambda s, b: steps.eval_step(s, b, normalize=config.normalize))
     test_all = []
     for i in range(n):
         one = jax.tree_util.tree_map(lambda x, i=i: x[i], states)
-        test_all.append(train.evaluate(eval_fn, one, test, config.eval_batch_size))
+        test_all.append(evaluate.evaluate(eval_fn, one, test, config.eval_batch_size))
     results: dict[str, Any] = {
         "config": config.name,
         "best_of_n": n,
@@ -207,7 +208,7 @@ def best_of_n(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
         "history": record["history"],
         "vmapped_train_seconds": record["train_seconds"],
         "vmapped_compile_seconds": record["compile_seconds"],
-        "machine": train.machine_description(),
+        "machine": runtime.machine_description(),
     }
     say(
         f"validation losses {' '.join(f'{x:.4f}' for x in final_val_loss)}: keeping model {best}; "
@@ -231,13 +232,13 @@ def best_of_n(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     # The chosen model as the workdir's checkpoint, with the config that evaluates it.
     chosen_config = ml_collections.ConfigDict(config.to_dict())
     chosen_config.split_seed = config.split_seed + best
-    train._write_json(os.path.join(workdir, "config.json"), json.loads(chosen_config.to_json_best_effort()))
+    runtime.write_json(os.path.join(workdir, "config.json"), json.loads(chosen_config.to_json_best_effort()))
     manager = checkpointing.create_manager(workdir)
     progress = {"epoch_records": [], "partial": None, "train_seconds": record["train_seconds"]}
     checkpointing.save(manager, chosen, progress, float(results["validation_accuracy"][best]))
     manager.wait_until_finished()
     results["wall_seconds"] = time.perf_counter() - t_launch
-    train._write_json(os.path.join(workdir, "results.json"), results)
+    runtime.write_json(os.path.join(workdir, "results.json"), results)
     say(
         f"saved model {best} as the checkpoint at step {int(chosen.step)} in {checkpointing.checkpoint_dir(workdir)}"
     )

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from fmnist_jax import input_pipeline, train
+from fmnist_jax import input_pipeline, optim, runtime, steps
 from fmnist_jax.configuration import validate_config
 
 SMOOTHING = 0.9  # Exponential moving average of the per-step loss (bias-corrected).
@@ -51,18 +51,19 @@ def suggest(rates: np.ndarray, smoothed: np.ndarray) -> float:
 def find_learning_rate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs the range test; writes `lr_find.json` and `lr_find.png` in `workdir`."""
     validate_config(config)
+    runtime.enable_compilation_cache(config.compilation_cache)
     os.makedirs(workdir, exist_ok=True)
     splits = input_pipeline.load_splits(config.data_dir, config.validation_fraction, config.split_seed)
     rates = sweep_rates(config.lr_find_min, config.lr_find_max, config.lr_find_steps)
     init_rng, rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    _, state = train.create_train_state(config, init_rng, steps_per_epoch=1)
+    _, state = steps.create_train_state(config, init_rng, steps_per_epoch=1)
     # The optimizer's rate is injected so one compiled step serves every rate.
-    tx = optax.inject_hyperparams(functools.partial(train.make_optimizer, config))(
+    tx = optax.inject_hyperparams(functools.partial(optim.make_optimizer, config))(
         learning_rate=float(rates[0])
     )
     state = state.replace(tx=tx, opt_state=tx.init(state.params))
     step_fn = jax.jit(
-        lambda state, batch, rng, lr: train.train_step(
+        lambda state, batch, rng, lr: steps.train_step(
             state.replace(opt_state=_with_rate(state.opt_state, lr)),
             batch,
             rng,

@@ -17,7 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-from jax import lax
+
+from fmnist_jax import ops
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
@@ -31,120 +32,6 @@ MODELS = ("mlp", "cnn")
 PADDINGS = ("SAME", "VALID")
 
 _kernel_init = nn.initializers.glorot_uniform()
-
-
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """2x2 max pooling, stride 2, flooring odd sizes (as Keras's MaxPooling2D).
-
-    Written as two elementwise maxima (rows, then columns) of a reshaped view:
-    under XLA:CPU its gradient is a few fused selects, much cheaper than either
-    `nn.max_pool`'s select-and-scatter or a reduce-max over the window, with the
-    same forward values (docs/PERFORMANCE.md has the timings).
-    """
-    n, h, w, c = x.shape
-    h, w = h // 2 * 2, w // 2 * 2
-    rows = x[:, :h, :w, :].reshape(n, h // 2, 2, w, c)
-    x = jnp.maximum(rows[:, :, 0], rows[:, :, 1]).reshape(n, h // 2, w // 2, 2, c)
-    return jnp.maximum(x[:, :, :, 0], x[:, :, :, 1])
-
-
-_NHWC = ("NHWC", "HWIO", "NHWC")
-Padding = tuple[tuple[int, int], tuple[int, int]]
-
-
-def _conv(x: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
-    return _batchable_conv(padding)(x, kernel)
-
-
-@functools.cache
-def _batchable_conv(padding: Padding) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """The NHWC/HWIO convolution with its own vmap rule.
-
-    Under `jax.vmap` with batched kernels (best-of-N: one kernel per model) JAX's
-    rule folds the models into one grouped convolution, which XLA:CPU runs about
-    twice as slowly as the same convolutions one by one. This rule instead runs one
-    ordinary convolution per model (the vmapped axis is a handful of models), and
-    with only the images batched it folds that axis into the batch.
-    """
-
-    @jax.custom_batching.custom_vmap
-    def conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-        return lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_NHWC)
-
-    @conv.def_vmap
-    def conv_vmap(axis_size: int, in_batched: Sequence[bool], x: jax.Array, kernel: jax.Array) -> Any:
-        x_batched, kernel_batched = in_batched
-        if not kernel_batched:  # (models, n, h, w, c) -> (models * n, h, w, c) and back.
-            out = conv(x.reshape(-1, *x.shape[2:]), kernel)
-            return out.reshape(axis_size, x.shape[1], *out.shape[1:]), True
-        outs = [conv(x[i] if x_batched else x, kernel[i]) for i in range(axis_size)]
-        return jnp.stack(outs), True
-
-    return conv
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv2d(x: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
-    """Stride-1 NHWC/HWIO convolution whose two backward convolutions are written
-    out in the same canonical NHWC/HWIO form as the forward one.
-
-    Same values as `lax.conv_general_dilated` and its autodiff (tested to the bit).
-    The reason: inside a `lax.scan` (the scanned training path) XLA:CPU leaves
-    autodiff's backward convolutions in a transposed layout that its fast kernels do
-    not take, and a cnn2_2x2 step ran 7x slower; written out, they stay fast.
-    """
-    return _conv(x, kernel, padding)
-
-
-def _conv2d_fwd(x: jax.Array, kernel: jax.Array, padding: Padding) -> tuple[jax.Array, Any]:
-    return _conv(x, kernel, padding), (x, kernel)
-
-
-def _conv2d_bwd(padding: Padding, residuals: Any, g: jax.Array) -> tuple[jax.Array, jax.Array]:
-    x, kernel = residuals
-    kh, kw = kernel.shape[:2]
-    (top, bottom), (left, right) = padding
-    # d/dx: correlate g with the flipped kernel, in and out channels swapped.
-    flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
-    dx = _conv(g, flipped, ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right)))
-    # d/dkernel: input channels as the batch, the batch as the features.
-    dk = _conv(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)), padding)
-    return dx, jnp.transpose(dk, (1, 2, 0, 3))
-
-
-conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
-
-
-def _conv_general_dilated(
-    lhs: jax.Array,
-    rhs: jax.Array,
-    window_strides: Sequence[int],
-    padding: Any,
-    lhs_dilation: Any = None,
-    rhs_dilation: Any = None,
-    dimension_numbers: Any = None,
-    feature_group_count: int = 1,
-    precision: Any = None,
-) -> jax.Array:
-    """nn.Conv's hook: `conv2d` for what our models use (stride 1, no dilation or
-    groups, NHWC), `lax.conv_general_dilated` for anything else."""
-    plain = (
-        tuple(window_strides) == (1, 1)
-        and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
-        and feature_group_count == 1
-        and lhs.ndim == 4
-    )
-    if not plain:
-        return lax.conv_general_dilated(
-            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-            feature_group_count, precision=precision,
-        )  # fmt: skip
-    if isinstance(padding, str):
-        sizes = rhs.shape[:2]
-        pads = [((k - 1) // 2, k // 2) if padding == "SAME" else (0, 0) for k in sizes]
-    else:
-        pads = [tuple(p) for p in padding]
-    return conv2d(lhs, rhs, (tuple(pads[0]), tuple(pads[1])))
 
 
 def _per_layer(value: Any, count: int, name: str) -> tuple[Any, ...]:
@@ -199,6 +86,8 @@ class CNN(nn.Module):
     bn_epsilon: float = 1e-3
     bn_axis_name: str | None = None  # pmap axis to average batch statistics over.
     dtype: Any = jnp.float32  # Compute dtype; parameters and BN statistics stay float32.
+    pool_op: str = "maxima"  # ops.POOL_OPS: how 2x2 max pooling is computed (same values).
+    conv_op: str = "custom"  # ops.CONV_OPS: how convolutions and their gradients are computed.
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -216,7 +105,7 @@ class CNN(nn.Module):
                 padding=pad.upper(),
                 kernel_init=_kernel_init,
                 dtype=self.dtype,
-                conv_general_dilated=_conv_general_dilated,
+                conv_general_dilated=ops.CONV_OPS[self.conv_op],
             )(x)
             if self.batch_norm:
                 x = nn.BatchNorm(
@@ -228,7 +117,7 @@ class CNN(nn.Module):
                 )(x)
             x = act(x)
             if self.pool:
-                x = max_pool_2x2(x)
+                x = ops.POOL_OPS[self.pool_op](x)
             if rate:
                 x = nn.Dropout(rate, deterministic=not train)(x)
         x = x.reshape((x.shape[0], -1))

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from fmnist_jax import CLASS_NAMES, checkpointing, parallel, train
+from fmnist_jax import CLASS_NAMES, checkpointing, evaluate, parallel, steps
 
 MAX_FILE_BYTES = 50 * 1024 * 1024
 MAX_PIXELS = 50_000_000
@@ -67,11 +67,11 @@ def predict_files(
     workdir: str, paths: Sequence[str], which: str = "best", top: int = 3
 ) -> list[dict[str, Any]]:
     """Top-`top` classes with probabilities for each path; failures carry an 'error'."""
-    config = train.load_workdir_config(workdir)
+    config = evaluate.load_workdir_config(workdir)
     manager = checkpointing.create_manager(workdir, create=False)
     step = checkpointing.select_step(manager, which)
     par = parallel.DataParallel("jit", jax.local_devices()[:1])
-    _, template = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=1)
+    _, template = steps.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=1)
     state, _ = checkpointing.restore(manager, step, template, par.replicated)
     normalize = config.normalize
 
@@ -80,7 +80,7 @@ def predict_files(
         variables = {"params": state.params}
         if state.batch_stats:
             variables["batch_stats"] = state.batch_stats
-        logits = state.apply_fn(variables, train.preprocess(images, normalize), train=False)
+        logits = state.apply_fn(variables, steps.preprocess(images, normalize), train=False)
         return jax.nn.softmax(logits)
 
     results: list[dict[str, Any]] = []

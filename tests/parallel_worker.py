@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmnist_jax import input_pipeline, parallel, train
+from fmnist_jax import evaluate, input_pipeline, parallel, steps
 
 STEPS = 6
 
@@ -24,18 +24,18 @@ def run(mode, devices, split):
     config.model.dense_dropout = 0.0
     config.batch_size = 64
     par = parallel.DataParallel(mode, devices)
-    _, state = train.create_train_state(config, jax.random.PRNGKey(0), 100, axis_name=par.axis_name)
+    _, state = steps.create_train_state(config, jax.random.PRNGKey(0), 100, axis_name=par.axis_name)
     state = par.put_state(state)
     rng = jax.device_put(jax.random.PRNGKey(1), par.replicated)
     shapes = (jax.ShapeDtypeStruct((64, 28, 28, 1), jnp.uint8), jax.ShapeDtypeStruct((64,), jnp.int32))
-    step = par.compile_train_step(train._train_step_fn(config, par), state, shapes, rng)
+    step = par.compile_train_step(steps.configured_train_step(config, par.axis_name), state, shapes, rng)
     losses, accuracies = [], []
     for images, labels in list(input_pipeline.train_batches(split, 64, seed=0, epoch=1))[:STEPS]:
         state, metrics = step(state, par.put_batch((images, labels)), rng)
         losses.append(float(metrics["loss"]))
         accuracies.append(float(metrics["accuracy"]))
     single = par.single_copy(state)
-    eval_fn = par.compile_eval_step(train.eval_step)
+    eval_fn = par.compile_eval_step(steps.eval_step)
     subset = input_pipeline.Split(split.images[:1001], split.labels[:1001], np.arange(1001))
     return {
         "losses": losses,
@@ -47,7 +47,7 @@ def run(mode, devices, split):
         "batch_stats": [
             np.asarray(x).ravel()[:20].tolist() for x in jax.tree_util.tree_leaves(single.batch_stats)
         ],
-        "eval": train.evaluate(eval_fn, state, subset, 200, par),
+        "eval": evaluate.evaluate(eval_fn, state, subset, 200, par),
     }
 
 

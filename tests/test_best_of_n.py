@@ -2,12 +2,12 @@
 
 One run of `best_of_n.best_of_n` on a tiny CNN with convolutions, batch norm and
 dropout, so that the per-model dropout rng, the stacked batch statistics and the
-convolution's vmap rule with one kernel per model (models._batchable_conv) all
+convolution's vmap rule with one kernel per model (ops._batchable_conv) all
 take part, with the sequential baseline on: the same models then trained one at
 a time (N=1) by the same code. The tests compare each model of the stack with
 
 * the same model trained alone (the baseline's N=1 run), and
-* an independent path: `train.train_step`, jitted on its own (no vmap, no
+* an independent path: `steps.train_step`, jitted on its own (no vmap, no
   scan), fed model i's batches with model i's rngs as best_of_n.py derives them
   (init `fold_in(seed, i)`, train rng `fold_in(fold_in(seed, i), 1)`, carve
   split seed `split_seed + i`, shuffle seed `seed + i`),
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmnist_jax import best_of_n, checkpointing, input_pipeline, train
+from fmnist_jax import best_of_n, checkpointing, evaluate, input_pipeline, steps
 
 N_MODELS = 2
 ATOL = 1e-6  # Measured max |difference| 1.2e-7 (see the module docstring).
@@ -113,14 +113,14 @@ def _assert_same_model(a, b):
 
 
 def _plain_train_steps(config, arrays, i):
-    """Model i trained with `train.train_step` alone, step by step."""
+    """Model i trained with `steps.train_step` alone, step by step."""
     train_rows = best_of_n._carves(config, N_MODELS)[i][0]
     steps_per_epoch = len(train_rows) // config.batch_size
-    _, make_state = train.train_state_fn(config, steps_per_epoch)
+    _, make_state = steps.train_state_fn(config, steps_per_epoch)
     root = jax.random.PRNGKey(config.seed)
     state = make_state(jax.random.fold_in(root, i))
     rng = jax.random.fold_in(jax.random.fold_in(root, i), 1)
-    step = jax.jit(functools.partial(train.train_step, normalize=config.normalize))
+    step = jax.jit(functools.partial(steps.train_step, normalize=config.normalize))
     images, labels = arrays["train_images"], arrays["train_labels"].astype(np.int32)
     for epoch in range(1, config.num_epochs + 1):
         order = input_pipeline.epoch_batch_indices(len(train_rows), config.batch_size, config.seed + i, epoch)
@@ -131,13 +131,13 @@ def _plain_train_steps(config, arrays, i):
 
 
 def _validation_loss(config, arrays, state, i):
-    """Mean loss of `state` on model i's validation carve: train.eval_step batch
+    """Mean loss of `state` on model i's validation carve: steps.eval_step batch
     by batch, summed in float64."""
     rows = best_of_n._carves(config, N_MODELS)[i][1]
     split = input_pipeline.Split(
         arrays["train_images"][rows], arrays["train_labels"][rows].astype(np.int32), rows
     )
-    evaluate = jax.jit(functools.partial(train.eval_step, normalize=config.normalize))
+    evaluate = jax.jit(functools.partial(steps.eval_step, normalize=config.normalize))
     total = sum(
         float(evaluate(state, batch)["loss_sum"]) for batch in input_pipeline.eval_batches(split, 1000)
     )
@@ -192,7 +192,7 @@ def test_the_model_with_the_lowest_validation_loss_is_kept(run):
     # The workdir's checkpoint is model `best` of the stack, bit for bit, and its
     # config.json names that model's carve, so --mode=eval validates it on its own.
     manager = checkpointing.create_manager(run["workdir"], create=False)
-    _, template = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=1)
+    _, template = steps.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=1)
     saved, _ = checkpointing.restore(manager, checkpointing.select_step(manager, "latest"), template)
     chosen = _model(stack, best)
     for x, y in zip(
@@ -201,6 +201,6 @@ def test_the_model_with_the_lowest_validation_loss_is_kept(run):
         strict=True,
     ):
         np.testing.assert_array_equal(np.asarray(x), y)
-    assert train.load_workdir_config(run["workdir"]).split_seed == config.split_seed + best
+    assert evaluate.load_workdir_config(run["workdir"]).split_seed == config.split_seed + best
     carves = best_of_n._carves(config, N_MODELS)
     assert not np.array_equal(carves[0][1], carves[1][1])

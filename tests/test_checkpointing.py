@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from fmnist_jax import checkpointing, train
+from fmnist_jax import checkpointing, evaluate, runtime, steps, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A small CNN (batch norm, so batch_stats must resume too) with mid-epoch checkpoints.
@@ -52,9 +52,9 @@ def launch(*args, env=None, **popen):
 
 def final_state(workdir, which="latest"):
     """The state of a workdir's checkpoint, restored through the eval path's template."""
-    config = train.load_workdir_config(str(workdir))
+    config = evaluate.load_workdir_config(str(workdir))
     manager = checkpointing.create_manager(str(workdir), create=False)
-    _, template = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=1)
+    _, template = steps.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=1)
     state, progress = checkpointing.restore(manager, checkpointing.select_step(manager, which), template)
     return state, progress
 
@@ -172,26 +172,27 @@ def test_second_sigint_stops_at_once_without_saving(tmp_path):
 
 
 def test_preemption_guard_turns_one_sigint_into_a_flag_and_the_second_into_an_interrupt():
-    with train.PreemptionGuard() as guard:
+    before = signal.getsignal(signal.SIGINT)  # Ignored, where the tests run in the background.
+    with runtime.PreemptionGuard() as guard:
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.01)  # Python runs the handler at the next bytecode.
         assert guard.signal_name == "SIGINT"
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.01)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before  # The previous handler is back.
 
 
 def test_eval_mode_reproduces_the_final_numbers(uninterrupted):
     ref_dir, ref_results = uninterrupted
-    report = train.evaluate_checkpoint(str(ref_dir), "latest")
+    report = evaluate.evaluate_checkpoint(str(ref_dir), "latest")
     assert report["step"] == ref_results["step"] == 2 * STEPS_PER_EPOCH
     assert report["test"] == ref_results["test"]
     assert report["validation"]["accuracy"] == ref_results["validation"]["accuracy"]
     assert report["validation"]["loss"] == pytest.approx(ref_results["validation"]["loss"], rel=1e-12)
     with open(ref_dir / f"eval_{report['step']}.json") as f:
         assert json.load(f)["test"]["confusion_matrix"] == ref_results["test"]["confusion_matrix"]
-    best = train.evaluate_checkpoint(str(ref_dir), "best")
+    best = evaluate.evaluate_checkpoint(str(ref_dir), "best")
     with open(ref_dir / "metrics.jsonl") as f:
         best_val = max(json.loads(line)["validation_accuracy"] for line in f)
     assert best["validation"]["accuracy"] == best_val
@@ -287,13 +288,13 @@ def test_best_checkpoint_is_the_best_validation_epoch_not_the_latest(tmp_path):
     best_step = max(accuracy, key=accuracy.get)
     assert best_step < 4 * 18 and accuracy[best_step] > 1.5 * accuracy[4 * 18]
     assert saved_steps(tmp_path) == sorted({best_step, 3 * 18, 4 * 18})
-    best = train.evaluate_checkpoint(str(tmp_path), "best")
+    best = evaluate.evaluate_checkpoint(str(tmp_path), "best")
     assert best["step"] == best_step and best["validation"]["accuracy"] == accuracy[best_step]
-    third = train.evaluate_checkpoint(str(tmp_path), str(3 * 18))
+    third = evaluate.evaluate_checkpoint(str(tmp_path), str(3 * 18))
     assert third["step"] == 3 * 18 and third["validation"]["accuracy"] == accuracy[3 * 18]
     assert (tmp_path / f"eval_{best_step}.json").is_file() and (tmp_path / "eval_54.json").is_file()
     with pytest.raises(checkpointing.CheckpointError, match=r"--checkpoint='5': expected .* saved steps"):
-        train.evaluate_checkpoint(str(tmp_path), "5")
+        evaluate.evaluate_checkpoint(str(tmp_path), "5")
 
 
 def test_checkpoint_every_epochs_saves_those_epochs_and_the_last(tmp_path, monkeypatch):
@@ -313,9 +314,9 @@ def test_checkpoint_every_epochs_saves_those_epochs_and_the_last(tmp_path, monke
 
 def test_eval_of_missing_or_empty_workdir_is_a_clear_error(tmp_path):
     with pytest.raises(checkpointing.CheckpointError, match="does not exist"):
-        train.evaluate_checkpoint(str(tmp_path / "nowhere"))
+        evaluate.evaluate_checkpoint(str(tmp_path / "nowhere"))
     with pytest.raises(checkpointing.CheckpointError, match=r"holds no config\.json"):
-        train.evaluate_checkpoint(str(tmp_path))
+        evaluate.evaluate_checkpoint(str(tmp_path))
     proc = launch("--mode=eval", f"--workdir={tmp_path}")
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1
@@ -359,7 +360,7 @@ def test_eight_device_save_restores_on_one_device(tmp_path):
     assert jax.device_count() == 1
     with open(tmp_path / "results.json") as f:
         results = json.load(f)
-    report = train.evaluate_checkpoint(str(tmp_path), "latest")
+    report = evaluate.evaluate_checkpoint(str(tmp_path), "latest")
     # Eight devices sum the eval loss in another order than one: the last bits differ.
     assert report["test"]["loss"] == pytest.approx(results["test"]["loss"], rel=1e-6)
     assert {k: v for k, v in report["test"].items() if k != "loss"} == {

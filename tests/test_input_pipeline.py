@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from fmnist_jax import input_pipeline, train
+from fmnist_jax import input_pipeline, steps
 
 
 def test_split_shapes_dtypes_and_sizes(splits):
@@ -22,8 +22,8 @@ def test_split_shapes_dtypes_and_sizes(splits):
 def test_value_range_with_and_without_normalization(splits):
     images = splits["validation"].images[:500]
     assert images.min() == 0 and images.max() == 255
-    scaled = np.asarray(train.preprocess(images, normalize=True))
-    raw = np.asarray(train.preprocess(images, normalize=False))
+    scaled = np.asarray(steps.preprocess(images, normalize=True))
+    raw = np.asarray(steps.preprocess(images, normalize=False))
     assert scaled.dtype == raw.dtype == np.float32
     assert scaled.min() == 0.0 and scaled.max() == 1.0
     assert raw.min() == 0.0 and raw.max() == 255.0

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from fmnist_jax import configuration, input_pipeline, lr_finder, train
+from fmnist_jax import configuration, input_pipeline, lr_finder, steps
 
 
 def test_sweep_rates_are_exponential_between_the_bounds():
@@ -38,7 +38,7 @@ def replayed_losses(config, splits, rates):
     """The training loss at each step of plain Adam on the sweep's batches, the rate of step i
     being rates[i]: the loss is taken before that step's update, on that step's batch."""
     init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
-    _, state = train.create_train_state(config, init_rng, steps_per_epoch=1)
+    _, state = steps.create_train_state(config, init_rng, steps_per_epoch=1)
     adam = optax.scale_by_adam(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
 
     @jax.jit

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from fmnist_jax import models
+from fmnist_jax import models, ops
 
 # What Keras's count_params() gives for each seed model as written (BN counts 4 per channel).
 KERAS_PARAMS = {
@@ -79,7 +79,7 @@ def test_batch_stats_only_with_batch_norm():
 def test_max_pool_2x2_equals_flax_max_pool(size):
     x = jax.random.normal(jax.random.PRNGKey(size), (2, size, size, 5))
     expected = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
-    np.testing.assert_array_equal(models.max_pool_2x2(x), expected)
+    np.testing.assert_array_equal(ops.max_pool_2x2(x), expected)
 
 
 @pytest.mark.parametrize(
@@ -168,7 +168,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_logits():
     [(28, 3, "SAME", (1, 8)), (13, 2, "VALID", (4, 6)), (7, 3, "VALID", (3, 5)), (6, 2, "SAME", (3, 4))],
 )
 def test_conv2d_and_its_gradients_equal_lax(size, kernel, padding, channels):
-    """models.conv2d writes its backward convolutions out by hand: values and both
+    """ops.conv2d writes its backward convolutions out by hand: values and both
     gradients must equal lax.conv_general_dilated's autodiff, bit for bit."""
     cin, cout = channels
     x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, cin))
@@ -179,7 +179,7 @@ def test_conv2d_and_its_gradients_equal_lax(size, kernel, padding, channels):
         return jnp.sum(jnp.sin(jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dn)))
 
     def ours(x, w):
-        return jnp.sum(jnp.sin(models._conv_general_dilated(x, w, (1, 1), padding)))
+        return jnp.sum(jnp.sin(ops.conv_general_dilated(x, w, (1, 1), padding)))
 
     np.testing.assert_array_equal(ours(x, w), reference(x, w))
     for a, b in zip(jax.grad(ours, (0, 1))(x, w), jax.grad(reference, (0, 1))(x, w), strict=True):
@@ -212,16 +212,16 @@ def test_vmapped_conv_with_per_model_kernels_equals_each_model_alone():
     pad = ((1, 1), (1, 1))
 
     def loss(w, x):
-        return jnp.sum(models.conv2d(x, w, pad) ** 2)
+        return jnp.sum(ops.conv2d(x, w, pad) ** 2)
 
-    out = jax.vmap(lambda a, b: models.conv2d(a, b, pad))(x, w)
+    out = jax.vmap(lambda a, b: ops.conv2d(a, b, pad))(x, w)
     grads = jax.vmap(jax.grad(loss, argnums=(0, 1)))(w, x)
     for i in range(3):
-        np.testing.assert_array_equal(out[i], models.conv2d(x[i], w[i], pad))
+        np.testing.assert_array_equal(out[i], ops.conv2d(x[i], w[i], pad))
         alone = jax.grad(loss, argnums=(0, 1))(w[i], x[i])
         np.testing.assert_array_equal(grads[0][i], alone[0])
         np.testing.assert_array_equal(grads[1][i], alone[1])
-    images_only = jax.vmap(lambda a: models.conv2d(a, w[0], pad))(x)
+    images_only = jax.vmap(lambda a: ops.conv2d(a, w[0], pad))(x)
     expected = jax.lax.conv_general_dilated(
         x.reshape(12, 9, 9, 2), w[0], (1, 1), pad, dimension_numbers=("NHWC", "HWIO", "NHWC")
     )

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from fmnist_jax import train
+from fmnist_jax import evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # No batch norm here: a conv bias before batch norm gets only rounding noise as its
@@ -84,7 +84,7 @@ def test_two_process_checkpoint_evaluates_in_one_process(runs):
     two, _, _ = runs
     with open(two / "results.json") as f:
         trained = json.load(f)
-    report = train.evaluate_checkpoint(str(two), "latest")
+    report = evaluate.evaluate_checkpoint(str(two), "latest")
     assert report["step"] == trained["step"]
     assert report["test"]["count"] == 10_000
     assert report["test"]["loss"] == pytest.approx(trained["test"]["loss"], rel=1e-5)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fmnist_jax import CLASS_NAMES, checkpointing, predict, train
+from fmnist_jax import CLASS_NAMES, checkpointing, evaluate, predict, steps, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -128,12 +128,12 @@ def trained(tmp_path_factory):
 
 def confident_test_image(workdir, splits):
     """A test image the checkpoint classifies with > 95% probability, and its class."""
-    config = train.load_workdir_config(str(workdir))
+    config = evaluate.load_workdir_config(str(workdir))
     manager = checkpointing.create_manager(str(workdir), create=False)
-    _, template = train.create_train_state(config, jax.random.PRNGKey(0), 1)
+    _, template = steps.create_train_state(config, jax.random.PRNGKey(0), 1)
     state, _ = checkpointing.restore(manager, manager.best_step(), template)
     images = splits["test"].images[:200]
-    logits = state.apply_fn({"params": state.params}, train.preprocess(images, True), train=False)
+    logits = state.apply_fn({"params": state.params}, steps.preprocess(images, True), train=False)
     probs = np.asarray(jax.nn.softmax(logits))
     i = int(np.flatnonzero(probs.max(axis=1) > 0.95)[0])
     return images[i, :, :, 0], CLASS_NAMES[int(probs[i].argmax())]

@@ -112,6 +112,8 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        # As from an interactive shell: Ctrl-C interrupts (a background job ignores SIGINT).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     log = tmp_path / "runs" / "tiny" / "seed0" / "train.log"
     deadline = time.time() + 120

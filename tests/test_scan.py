@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmnist_jax import parallel, train
+from fmnist_jax import parallel, steps, train
 
 
 def load_config(name):
@@ -37,10 +37,10 @@ def _run_chunks(config, splits, sizes):
     """Trains sum(sizes) steps as one dispatch per entry of `sizes`."""
     par = parallel.DataParallel("jit")
     rng = jax.random.PRNGKey(3)
-    _, state = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=100)
+    _, state = steps.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=100)
     split = splits["train"]
     data = par.put_dataset((split.images[:512], split.labels[:512]))
-    step = train._train_step_fn(config, par)
+    step = steps.configured_train_step(config, par.axis_name)
     order = np.random.default_rng(0).permutation(512)[: sum(sizes) * config.batch_size]
     order = order.reshape(-1, config.batch_size).astype(np.int32)
     losses, done = [], 0
@@ -72,9 +72,9 @@ def test_scanned_mlp_equals_host_fed_steps(splits):
     scanned, _, order = _run_chunks(config, splits, [5])
     par = parallel.DataParallel("jit")
     rng = jax.random.PRNGKey(3)
-    _, state = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=100)
+    _, state = steps.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=100)
     shapes = (jax.ShapeDtypeStruct((16, 28, 28, 1), jnp.uint8), jax.ShapeDtypeStruct((16,), jnp.int32))
-    step = par.compile_train_step(train._train_step_fn(config, par), state, shapes, rng)
+    step = par.compile_train_step(steps.configured_train_step(config, par.axis_name), state, shapes, rng)
     images, labels = splits["train"].images[:512], splits["train"].labels[:512]
     for idx in order:
         state, _ = step(state, par.put_batch((images[idx], labels[idx])), rng)
@@ -83,13 +83,17 @@ def test_scanned_mlp_equals_host_fed_steps(splits):
 
 @pytest.mark.parametrize(
     ("steps_per_dispatch", "every", "chunks"),
-    [(0, 0, {18}), (7, 0, {7, 4}), (7, 5, {5, 2, 3, 1})],
+    # 0: sized by time (a timed 16-step probe, then at most an epoch for this tiny MLP);
+    # 18: one dispatch per epoch; 7: chunks that do not divide the epoch; 7 with a
+    # checkpoint every 5 steps: chunks cut by the checkpoints.
+    [(0, 0, {16, 2, 18}), (18, 0, {18}), (7, 0, {7, 4}), (7, 5, {5, 2, 3, 1})],
 )
 def test_training_run_is_identical_for_any_steps_per_dispatch(
     tmp_path, monkeypatch, steps_per_dispatch, every, chunks
 ):
-    """Whole runs: one dispatch per step, one per epoch (0), chunks that do not divide
-    the epoch, and chunks cut by mid-epoch checkpoints end with the same results. The
+    """Whole runs: one dispatch per step, dispatches sized by time (0), one per epoch,
+    chunks that do not divide the epoch, and chunks cut by mid-epoch checkpoints end
+    with the same results. The
     chunk lengths compiled show that each case really ran as named."""
     compiled = []
     original = parallel.DataParallel.compile_train_chunk
@@ -133,3 +137,12 @@ def test_steps_per_dispatch_is_validated():
     config.parallelism = "pmap"
     with pytest.raises(ConfigError, match="parallelism='jit'"):
         validate_config(config)
+
+
+@pytest.mark.parametrize(
+    ("seconds_per_step", "expected"),
+    [(0.06, 16), (0.045, 16), (0.09, 8), (0.001, 421), (0.7, 2), (3.0, 1)],
+)
+def test_timed_dispatch_is_the_power_of_two_nearest_a_second_of_work(seconds_per_step, expected):
+    assert train.DISPATCH_SECONDS == 1.0
+    assert train.timed_dispatch_length(seconds_per_step, steps_per_epoch=421) == expected

@@ -11,7 +11,17 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from fmnist_jax import checkpointing, configuration, input_pipeline, train
+from fmnist_jax import (
+    CLASS_NAMES,
+    checkpointing,
+    configuration,
+    evaluate,
+    input_pipeline,
+    monitor,
+    optim,
+    steps,
+    train,
+)
 from fmnist_jax import results as results_lib
 
 
@@ -26,11 +36,11 @@ def test_train_step_lowers_loss_on_a_fixed_batch(splits):
     config.model.conv_dropout = (0.0, 0.0)
     config.model.dense_dropout = 0.0
     config.learning_rate = 3e-3
-    _, state = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=100)
+    _, state = steps.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=100)
     images, labels = splits["train"].images[:64], splits["train"].labels[:64]
     eval_batch = (images, labels, np.ones(64, np.float32))
-    step = jax.jit(train.train_step)
-    eval_fn = jax.jit(train.eval_step)
+    step = jax.jit(steps.train_step)
+    eval_fn = jax.jit(steps.eval_step)
     rng = jax.random.PRNGKey(1)
 
     def loss(state):  # Deterministic loss (no dropout) on the fixed batch.
@@ -51,7 +61,7 @@ def test_batch_norm_statistics_move_by_one_minus_momentum_of_the_batch_moments(s
     computed here with lax from the initial kernel (momentum 0.99, as in Keras)."""
     config = load_config("cnn4")
     config.model.conv_features = (4, 4, 4, 4)
-    _, state = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=10)
+    _, state = steps.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=10)
     images = splits["train"].images[:32]
     batch = (images, splits["train"].labels[:32])
     conv = state.params["Conv_0"]
@@ -61,7 +71,7 @@ def test_batch_norm_statistics_move_by_one_minus_momentum_of_the_batch_moments(s
     )
     y = np.asarray(y + conv["bias"], np.float64)
     batch_mean, batch_var = y.mean(axis=(0, 1, 2)), y.var(axis=(0, 1, 2))
-    state, _ = jax.jit(train.train_step)(state, batch, jax.random.PRNGKey(1))
+    state, _ = jax.jit(steps.train_step)(state, batch, jax.random.PRNGKey(1))
     stats = state.batch_stats["BatchNorm_0"]
     np.testing.assert_allclose(stats["mean"], 0.01 * batch_mean, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(stats["var"], 0.99 + 0.01 * batch_var, rtol=1e-5)
@@ -71,7 +81,7 @@ def test_batch_norm_statistics_move_by_one_minus_momentum_of_the_batch_moments(s
 def _schedule(**overrides):
     config = load_config("mlp_256")
     config.update(overrides)
-    return train.learning_rate_schedule(config, steps_per_epoch=10)
+    return optim.learning_rate_schedule(config, steps_per_epoch=10)
 
 
 def test_exponential_schedule_is_seed_001s():
@@ -126,7 +136,7 @@ def _two_updates(**overrides):
     """The configured optimizer's updates for gradients G1 then G2 (constant rate LR)."""
     config = load_config("mlp_4x2")
     config.update(schedule="constant", learning_rate=LR, **overrides)
-    tx = train.create_optimizer(config, steps_per_epoch=10)
+    tx = optim.create_optimizer(config, steps_per_epoch=10)
     params = {"w": jnp.asarray(PARAMS)}
     opt_state = tx.init(params)
     updates = []
@@ -173,7 +183,7 @@ def test_unknown_optimizer_is_refused():
     config = load_config("mlp_4x2")
     config.optimizer = "lamb"
     with pytest.raises(ValueError, match=r"config\.optimizer='lamb'"):
-        train.create_optimizer(config, steps_per_epoch=10)
+        optim.create_optimizer(config, steps_per_epoch=10)
 
 
 def test_compute_dtype_bfloat16_reaches_the_model_of_a_training_run(splits):
@@ -182,14 +192,14 @@ def test_compute_dtype_bfloat16_reaches_the_model_of_a_training_run(splits):
     config = load_config("cnn4")
     config.model.conv_features = (4, 4, 4, 4)
     config.compute_dtype = "bfloat16"
-    _, state = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=10)
+    _, state = steps.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=10)
     batch = (splits["train"].images[:8], splits["train"].labels[:8])
-    state, metrics = jax.jit(train.train_step)(state, batch, jax.random.PRNGKey(1))
+    state, metrics = jax.jit(steps.train_step)(state, batch, jax.random.PRNGKey(1))
     leaves = jax.tree_util.tree_leaves((state.params, state.opt_state, state.batch_stats))
     assert {x.dtype for x in leaves if x.ndim} == {jnp.dtype(jnp.float32)}
     assert metrics["loss"].dtype == jnp.float32
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    x = train.preprocess(batch[0], True)
+    x = steps.preprocess(batch[0], True)
     _, inter = state.apply_fn(
         variables, x, train=False, capture_intermediates=True, mutable=["intermediates"]
     )
@@ -201,7 +211,7 @@ def _mlp_state(**overrides):
     """mlp_4x2 (no dropout, no batch norm: its training logits are deterministic)."""
     config = load_config("mlp_4x2")
     config.update(overrides)
-    _, state = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=10)
+    _, state = steps.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=10)
     return config, state
 
 
@@ -220,7 +230,7 @@ def test_label_smoothing_trains_on_smoothed_targets(splits):
     logits = state.apply_fn({"params": state.params}, jnp.asarray(images, jnp.float32) / 255.0)
     one_hot = np.eye(10)[labels]
     for smoothing in (0.0, 0.2):
-        step = jax.jit(functools.partial(train.train_step, label_smoothing=smoothing))
+        step = jax.jit(functools.partial(steps.train_step, label_smoothing=smoothing))
         _, metrics = step(state, (images, labels), jax.random.PRNGKey(1))
         expected = _cross_entropy(logits, (1 - smoothing) * one_hot + smoothing / 10)
         assert float(metrics["loss"]) == pytest.approx(expected, rel=1e-5), smoothing
@@ -232,10 +242,10 @@ def test_normalize_false_trains_on_raw_pixels(splits):
     one_hot = np.eye(10)[labels]
     for normalize, scale in ((True, 255.0), (False, 1.0)):
         logits = state.apply_fn({"params": state.params}, jnp.asarray(images, jnp.float32) / scale)
-        step = jax.jit(functools.partial(train.train_step, normalize=normalize))
+        step = jax.jit(functools.partial(steps.train_step, normalize=normalize))
         _, metrics = step(state, (images, labels), jax.random.PRNGKey(1))
         assert float(metrics["loss"]) == pytest.approx(_cross_entropy(logits, one_hot), rel=1e-5)
-        out = jax.jit(functools.partial(train.eval_step, normalize=normalize))(
+        out = jax.jit(functools.partial(steps.eval_step, normalize=normalize))(
             state, (images, labels, np.ones(64, np.float32))
         )
         assert float(out["loss_sum"]) / 64 == pytest.approx(_cross_entropy(logits, one_hot), rel=1e-5)
@@ -249,8 +259,8 @@ def test_augment_flip_mirrors_left_right_for_some_images(splits):
     images, labels = splits["train"].images[:64], splits["train"].labels[:64]
     symmetric = np.concatenate([images[:, :, :14], images[:, :, 13::-1]], axis=2)
     assert not np.array_equal(symmetric, symmetric[:, ::-1])  # Not symmetric top-bottom.
-    plain = jax.jit(train.train_step)
-    flip = jax.jit(functools.partial(train.train_step, augment_flip=True))
+    plain = jax.jit(steps.train_step)
+    flip = jax.jit(functools.partial(steps.train_step, augment_flip=True))
     rng = jax.random.PRNGKey(1)
 
     def kernel(step, batch):
@@ -264,11 +274,11 @@ def test_augment_flip_mirrors_left_right_for_some_images(splits):
 
 def test_evaluation_counts_every_example_once(splits):
     config = load_config("mlp_4x2")
-    _, state = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=10)
+    _, state = steps.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=10)
     split = input_pipeline.Split(splits["test"].images[:1003], splits["test"].labels[:1003], np.arange(1003))
-    eval_fn = jax.jit(train.eval_step)
-    padded = train.evaluate(eval_fn, state, split, batch_size=100)  # 10 full + 1 padded batch
-    whole = train.evaluate(eval_fn, state, split, batch_size=1003)
+    eval_fn = jax.jit(steps.eval_step)
+    padded = evaluate.evaluate(eval_fn, state, split, batch_size=100)  # 10 full + 1 padded batch
+    whole = evaluate.evaluate(eval_fn, state, split, batch_size=1003)
     assert padded["count"] == whole["count"] == 1003
     assert padded["confusion_matrix"] == whole["confusion_matrix"]
     np.testing.assert_allclose(padded["loss"], whole["loss"], rtol=1e-5)
@@ -284,7 +294,7 @@ def test_short_real_mlp_256_run(tmp_path):
     results = train.train_and_evaluate(config, str(tmp_path))
     assert results["test"]["count"] == 10_000
     assert results["test"]["accuracy"] >= 0.85
-    assert set(results["test"]["per_class_accuracy"]) == set(train.CLASS_NAMES)
+    assert set(results["test"]["per_class_accuracy"]) == set(CLASS_NAMES)
     with open(tmp_path / "results.json") as f:
         assert json.load(f)["test"] == results["test"]
     with open(tmp_path / "metrics.jsonl") as f:
@@ -330,7 +340,8 @@ def test_stop_at_test_accuracy_ends_the_run_at_the_first_epoch_that_reaches_it(t
     assert 0 < results["first_step_seconds"] < records[0]["seconds_since_process_start"]
     assert results["step"] == len(records) * (54_000 // 512)
     assert (
-        train.evaluate_checkpoint(str(tmp_path), "latest")["test"]["accuracy"] == results["test"]["accuracy"]
+        evaluate.evaluate_checkpoint(str(tmp_path), "latest")["test"]["accuracy"]
+        == results["test"]["accuracy"]
     )
 
     config.test_every_epoch = False
@@ -342,7 +353,7 @@ def test_metrics_log_without_tensorboard_still_writes_jsonl(tmp_path, monkeypatc
     import sys
 
     monkeypatch.setitem(sys.modules, "clu", None)  # `from clu import ...` now raises ImportError.
-    log = train.MetricsLog(str(tmp_path), records=[{"epoch": 1, "loss": 0.5}])
+    log = monitor.MetricsLog(str(tmp_path), records=[{"epoch": 1, "loss": 0.5}])
     log.write(2, {"epoch": 2, "loss": 0.25})
     log.close()
     assert log.writer is None and "TensorBoard summaries are off" in capsys.readouterr().err
@@ -374,13 +385,13 @@ def test_training_options_reach_the_run(tmp_path, overrides):
     config.update({"validation_fraction": 0.99, "num_epochs": 2, "write_report": False, **overrides})
     train.train_and_evaluate(config, str(tmp_path))
     manager = checkpointing.create_manager(str(tmp_path), create=False)
-    _, template = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=18)
+    _, template = steps.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=18)
     run_state, _ = checkpointing.restore(manager, 36, template)
 
     init_rng, rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    _, state = train.create_train_state(config, init_rng, steps_per_epoch=18)
+    _, state = steps.create_train_state(config, init_rng, steps_per_epoch=18)
     kwargs = {k: config[k] for k in ("normalize", "augment_flip", "label_smoothing")}
-    step = jax.jit(functools.partial(train.train_step, **kwargs))
+    step = jax.jit(functools.partial(steps.train_step, **kwargs))
     split = input_pipeline.load_splits(validation_fraction=0.99)["train"]
     for epoch in (1, 2):
         for idx in input_pipeline.epoch_batch_indices(len(split), 32, config.seed, epoch):

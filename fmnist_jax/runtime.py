@@ -1,0 +1,163 @@
+"""What a run needs from its process and machine: signals, provenance, files, caches.
+
+- `PreemptionGuard`: SIGTERM and a first Ctrl-C become a flag the loop polls.
+- `machine_description` / `provenance`: what produced a result (devices, CPU model and
+  generation, git commit, package versions), recorded next to every result.
+- `write_json`: atomic JSON files (a reader never sees half of one).
+- `enable_compilation_cache`: JAX's persistent cache, so a second launch skips compiling.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import subprocess
+import threading
+from typing import Any
+
+import jax
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class PreemptionGuard:
+    """Turns SIGTERM and the first SIGINT into a flag the training loop polls between
+    dispatches; a second SIGINT raises KeyboardInterrupt (stop at once)."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> PreemptionGuard:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # A second Ctrl-C stops at once.
+        self.signal_name = signal.Signals(signum).name
+        # os.write, not print: a handler may interrupt a print to the same stream.
+        os.write(2, f"{self.signal_name}: saving at the next step boundary, then stopping".encode())
+        os.write(2, b" (Ctrl-C again stops at once, without saving)\n")
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return fields
+
+
+def amd_generation(family: int, flags: set[str]) -> str | None:
+    """AMD's Zen generation from the CPU family and flags (None: not a known Zen)."""
+    if family == 26:
+        return "Zen 5"
+    if family == 25:  # Zen 3 and Zen 4 share the family; only Zen 4 has AVX-512.
+        return "Zen 4" if "avx512f" in flags else "Zen 3"
+    if family == 23:
+        return "Zen/Zen 2"
+    return None
+
+
+def cpu_description() -> str:
+    """CPU model, family/model numbers, generation and widest vector unit, e.g.
+    'AMD EPYC (family 25 model 17, Zen 4, AVX-512)'."""
+    info = _cpuinfo()
+    name = info.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" not in info:
+        return name
+    flags = set(info.get("flags", "").split())
+    details = [f"family {info['cpu family']} model {info.get('model', '?')}"]
+    if info.get("vendor_id") == "AuthenticAMD":
+        generation = amd_generation(int(info["cpu family"]), flags)
+        details += [generation] if generation else []
+    details.append("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2")
+    return f"{name} ({', '.join(details)})"
+
+
+def machine_description() -> str:
+    """The JAX devices and the host this runs on, in one line."""
+    devices = jax.devices()
+    return (
+        f"{len(devices)}x {devices[0].device_kind} ({jax.default_backend()}), "
+        f"host {cpu_description()}, {os.cpu_count()} cores"
+    )
+
+
+def git_state(directory: str = ROOT) -> dict[str, Any] | None:
+    """{'commit': sha, 'dirty': bool} of the checkout holding this package, or None
+    when it is not a git checkout (an installed copy) or git is missing."""
+    try:
+        run = {"cwd": directory, "capture_output": True, "text": True, "timeout": 10, "check": True}
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], **run).stdout.strip()  # type: ignore[call-overload]
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run).stdout  # type: ignore[call-overload]
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": bool(status.strip())}
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that decide a run's numbers."""
+    from importlib import metadata
+
+    versions = {}
+    for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def provenance() -> dict[str, Any]:
+    """What produced a result: machine, git commit (and dirty tree), package versions."""
+    return {"machine": machine_description(), "git": git_state(), "versions": package_versions()}
+
+
+def write_json(path: str, payload: Any) -> None:
+    """Writes JSON atomically: a reader never sees a half-written file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def compilation_cache_dir(setting: str = "auto") -> str | None:
+    """Where compiled programs are kept: `setting` is config.compilation_cache, 'auto'
+    ($FMNIST_JAX_COMPILATION_CACHE, else ~/.cache/fmnist_jax/xla), 'off', or a folder.
+    The environment variable set to 'off' turns the cache off too."""
+    if setting == "auto":
+        default = os.path.join(os.path.expanduser("~"), ".cache", "fmnist_jax", "xla")
+        setting = os.environ.get("FMNIST_JAX_COMPILATION_CACHE", default)
+    return None if setting in ("", "off") else os.path.abspath(os.path.expanduser(setting))
+
+
+def enable_compilation_cache(setting: str = "auto") -> str | None:
+    """Turns on JAX's persistent compilation cache for every program (however fast it
+    compiled), so a relaunch (a resume, a rerun, --mode=eval) loads instead of compiling.
+    Returns the folder in use, or None when it is off."""
+    directory = compilation_cache_dir(setting)
+    if directory is None:
+        return None
+    os.makedirs(directory, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return directory

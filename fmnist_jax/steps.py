@@ -1,0 +1,163 @@
+"""The train state and the pure steps: one optimizer step, one evaluation batch.
+
+`train_step` and `eval_step` are pure functions of (state, batch, rng); the training
+loop (train.py), best-of-N (vmapped) and the benchmark compile them. The configured
+versions, with a config's options bound, come from `configured_train_step` and
+`configured_eval_step`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax.training import train_state
+
+from fmnist_jax import NUM_CLASSES, models, optim
+
+Metrics = dict[str, jax.Array]
+
+
+class TrainState(train_state.TrainState):
+    """Params and optimizer state (from flax) plus batch-norm statistics."""
+
+    batch_stats: Any = None
+
+
+def train_state_fn(
+    config: ml_collections.ConfigDict, steps_per_epoch: int, axis_name: str | None = None
+) -> tuple[nn.Module, Callable[[jax.Array], TrainState]]:
+    """The model and a function rng -> initial TrainState (one copy).
+
+    Every state it makes shares one model and one optimizer, so states made by
+    it, or their `jax.eval_shape`, fit the same compiled programs.
+    `axis_name`: the pmap axis over which batch norm averages its statistics.
+    """
+    model = models.create_model(
+        config.model, NUM_CLASSES, axis_name=axis_name, compute_dtype=config.compute_dtype
+    )
+    tx = optim.create_optimizer(config, steps_per_epoch)
+
+    def make_state(rng: jax.Array) -> TrainState:
+        variables = models.init_variables(model, rng)
+        state = TrainState.create(
+            apply_fn=model.apply,
+            params=variables["params"],
+            tx=tx,
+            batch_stats=variables.get("batch_stats", {}),
+        )
+        # A strongly typed step: the same program before and after a restore.
+        return state.replace(step=jnp.zeros((), jnp.int32))
+
+    return model, make_state
+
+
+def create_train_state(
+    config: ml_collections.ConfigDict, rng: jax.Array, steps_per_epoch: int, axis_name: str | None = None
+) -> tuple[nn.Module, TrainState]:
+    """The model and its initial TrainState (one copy), initialised from `rng`."""
+    model, make_state = train_state_fn(config, steps_per_epoch, axis_name)
+    return model, make_state(rng)
+
+
+def preprocess(images: jax.Array, normalize: bool) -> jax.Array:
+    """uint8 images -> float32, scaled to [0, 1] when `normalize`."""
+    x = images.astype(jnp.float32)
+    return x / 255.0 if normalize else x
+
+
+def model_variables(state: TrainState, params: Any) -> dict[str, Any]:
+    """The variables `apply_fn` takes: `params`, with the state's batch statistics if any."""
+    if state.batch_stats:
+        return {"params": params, "batch_stats": state.batch_stats}
+    return {"params": params}
+
+
+def train_step(
+    state: TrainState,
+    batch: tuple[jax.Array, jax.Array],
+    rng: jax.Array,
+    *,
+    normalize: bool = True,
+    augment_flip: bool = False,
+    label_smoothing: float = 0.0,
+    axis_name: str | None = None,
+) -> tuple[TrainState, Metrics]:
+    """One optimizer step on a batch of (uint8 images, int labels).
+
+    Dropout and augmentation draw from `rng` folded with the step number, so a
+    step's randomness depends only on (rng, step). Under `jax.pmap`, `axis_name`
+    names the device axis: gradients and metrics are averaged over it.
+    """
+    images, labels = batch
+    step_rng = jax.random.fold_in(rng, state.step)
+    if axis_name is not None:
+        step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
+    dropout_rng, flip_rng = jax.random.split(step_rng)
+    x = preprocess(images, normalize)
+    if augment_flip:
+        flip = jax.random.bernoulli(flip_rng, 0.5, (x.shape[0], 1, 1, 1))
+        x = jnp.where(flip, x[:, :, ::-1, :], x)
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, NUM_CLASSES), label_smoothing)
+
+    def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
+        logits, updates = state.apply_fn(
+            model_variables(state, params),
+            x,
+            train=True,
+            rngs={"dropout": dropout_rng},
+            mutable=["batch_stats"],
+        )
+        loss = optax.softmax_cross_entropy(logits, targets).mean()
+        return loss, (logits, updates)
+
+    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+    if axis_name is not None:
+        grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
+    state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
+    return state, metrics
+
+
+def eval_step(
+    state: TrainState,
+    batch: tuple[jax.Array, jax.Array, jax.Array],
+    *,
+    normalize: bool = True,
+) -> Metrics:
+    """Summed loss and the confusion matrix of one padded batch; mask 0 marks padding."""
+    images, labels, mask = batch
+    logits = state.apply_fn(model_variables(state, state.params), preprocess(images, normalize), train=False)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    predicted = jnp.argmax(logits, -1)
+    confusion = jnp.einsum(
+        "n,ni,nj->ij",
+        mask,
+        jax.nn.one_hot(labels, NUM_CLASSES),
+        jax.nn.one_hot(predicted, NUM_CLASSES),
+    )
+    return {"loss_sum": jnp.sum(loss * mask), "confusion": confusion}
+
+
+def configured_train_step(
+    config: ml_collections.ConfigDict, axis_name: str | None = None
+) -> Callable[[TrainState, tuple[jax.Array, jax.Array], jax.Array], tuple[TrainState, Metrics]]:
+    """`train_step` with the config's data and loss options bound."""
+    return functools.partial(
+        train_step,
+        normalize=config.normalize,
+        augment_flip=config.augment_flip,
+        label_smoothing=config.label_smoothing,
+        axis_name=axis_name,
+    )
+
+
+def configured_eval_step(config: ml_collections.ConfigDict) -> Callable[..., Metrics]:
+    """`eval_step` with the config's preprocessing bound."""
+    return functools.partial(eval_step, normalize=config.normalize)
