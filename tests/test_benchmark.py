@@ -1,20 +1,27 @@
-"""The benchmark compares like with like: its Keras models are ours, parameter for parameter."""
+"""The benchmark compares like with like: its Keras and PyTorch models are ours, built
+from the same config fields, parameter for parameter."""
 
 import importlib
 import re
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
+from test_models import KERAS_PARAMS
 
-from fmnist_jax import benchmark, models, parallel, train
+from fmnist_jax import benchmark, models, parallel, steps
 
-# Every seed model: the README's parameter table claims each equals its Keras model's.
-CONFIGS = [
-    "mlp_4x2", "mlp_20x3", "mlp_20x4", "mlp_256", "mlp_128",
-    "cnn2_2x2", "cnn2_64", "cnn2_dropout", "cnn3_wide", "cnn3", "cnn4",
-]  # fmt: skip
+# Every seed model: the README's parameter table claims each equals its Keras model's
+# (and test_models.py pins the counts).
+CONFIGS = list(KERAS_PARAMS)
+
+
+def our_parameter_count(config):
+    ours = models.create_model(config.model)
+    shapes = jax.eval_shape(lambda: models.init_variables(ours, jax.random.PRNGKey(0)))
+    return models.count_parameters(shapes)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -23,6 +30,82 @@ def test_keras_model_has_our_parameter_count(name):
     ours = models.create_model(config.model)
     shapes = jax.eval_shape(lambda: models.init_variables(ours, jax.random.PRNGKey(0)))
     assert benchmark.keras_model(config).count_params() == models.count_parameters(shapes)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_torch_model_has_our_parameter_count(name):
+    """Parameters plus BN running mean and variance, as ours counts params + batch_stats."""
+    torch = pytest.importorskip("torch")
+    config = importlib.import_module(f"configs.{name}").get_config()
+    model = benchmark.torch_model(config).eval()
+    assert benchmark.torch_count_parameters(model) == our_parameter_count(config) == KERAS_PARAMS[name]
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def cnn_config(**fields):
+    config = importlib.import_module("configs.cnn4").get_config()
+    config.model = ml_collections.ConfigDict({"name": "cnn", **fields})
+    return config
+
+
+def odd_config():
+    """A CNN that sets every field the builders read, unlike any seed config."""
+    return cnn_config(
+        conv_features=(4, 6),
+        kernel_size=(5, 3),
+        padding=("VALID", "SAME"),
+        activation="tanh",
+        conv_dropout=(0.1, 0.2),
+        dense_features=(12, 8),
+        dense_dropout=(0.3, 0.0),
+        batch_norm=True,
+        bn_momentum=0.9,
+        bn_epsilon=1e-4,
+    )
+
+
+def test_torch_model_follows_the_config_fields():
+    torch = pytest.importorskip("torch")
+    config = odd_config()
+    model = benchmark.torch_model(config).eval()
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert benchmark.torch_count_parameters(model) == our_parameter_count(config)
+    layers = list(model.modules())[1:]
+    names = {type(m).__name__ for m in layers}
+    assert "Tanh" in names and "ReLU" not in names
+    assert sum(isinstance(m, torch.nn.Tanh) for m in layers) == 4  # 2 conv blocks, 2 dense layers.
+    assert [m.p for m in layers if isinstance(m, torch.nn.Dropout)] == [0.1, 0.2, 0.3]
+    assert [m.kernel_size for m in layers if isinstance(m, torch.nn.Conv2d)] == [(5, 5), (3, 3)]
+    bns = [m for m in layers if isinstance(m, torch.nn.BatchNorm2d)]
+    assert [(m.eps, m.momentum) for m in bns] == [(1e-4, pytest.approx(0.1))] * 2
+
+
+def test_keras_model_follows_the_config_fields():
+    config = odd_config()
+    model = benchmark.keras_model(config)
+    assert model.count_params() == our_parameter_count(config)
+    assert model.output_shape == (None, 10)
+    dropouts = [layer.rate for layer in model.layers if type(layer).__name__ == "Dropout"]
+    assert dropouts == [0.1, 0.2, 0.3]
+    bns = [layer for layer in model.layers if type(layer).__name__ == "BatchNormalization"]
+    assert [(b.momentum, b.epsilon) for b in bns] == [(0.9, 1e-4)] * 2
+
+
+@pytest.mark.parametrize("kernel_size", [2, 3, 4])
+def test_torch_same_padding_is_ours(kernel_size):
+    """'SAME' pads (k-1)//2 before and k//2 after, as JAX and TF: an even kernel's
+    convolution gives our values, not only our shape."""
+    torch = pytest.importorskip("torch")
+    model = benchmark.torch_model(cnn_config(conv_features=(3,), kernel_size=kernel_size)).eval()
+    convs = [i for i, m in enumerate(model) if isinstance(m, torch.nn.Conv2d)]
+    x = np.random.default_rng(0).normal(size=(2, 9, 9, 1)).astype(np.float32)
+    with torch.no_grad():
+        theirs = model[: convs[0] + 1](torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+    conv = model[convs[0]]
+    kernel = conv.weight.detach().numpy().transpose(2, 3, 1, 0)  # OIHW -> HWIO.
+    ours = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    ours = ours + conv.bias.detach().numpy()
+    np.testing.assert_allclose(theirs, np.asarray(ours), rtol=1e-5, atol=1e-5)
 
 
 def test_synthetic_program_is_the_scanned_step_without_the_gather(splits):
@@ -35,11 +118,11 @@ def test_synthetic_program_is_the_scanned_step_without_the_gather(splits):
     par = parallel.DataParallel("jit")
     rng = jax.random.PRNGKey(3)
     images, labels = splits["train"].images[:64], splits["train"].labels[:64].astype(np.int32)
-    step = train._train_step_fn(config, par)
+    step = steps.configured_train_step(config, par.axis_name)
     rows = np.arange(5, 13, dtype=np.int32)
     states = []
     for synthetic in (False, True):
-        _, state = train.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=10)
+        _, state = steps.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=10)
         if synthetic:
             fixed = par.put_batch((images[rows], labels[rows]))
             program = benchmark.compile_synthetic_chunk(par, step, state, fixed, 3, rng)
