@@ -183,21 +183,45 @@ def best_of_n(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
         f"{runtime.machine_description()}"
     )
     states, record = _train(config, n, data, carves, list(range(n)), say)
+    results = _choose(config, states, record, arrays)
+    best = results["chosen_model"]
+    if config.best_of_n_sequential_baseline:
+        results.update(_sequential_baseline(config, data, carves, record["train_seconds"], say))
+    chosen = jax.tree_util.tree_map(lambda x: x[best], states)
+    _save_chosen(config, workdir, chosen, best, record["train_seconds"], results["validation_accuracy"][best])
+    results["wall_seconds"] = time.perf_counter() - t_launch
+    runtime.write_json(os.path.join(workdir, "results.json"), results)
+    say(
+        f"saved model {best} as the checkpoint at step {int(chosen.step)} in {checkpointing.checkpoint_dir(workdir)}"
+    )
+    return results
+
+
+def _choose(
+    config: ml_collections.ConfigDict, states: Any, record: dict[str, Any], arrays: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    """The model with the lowest final validation loss, and every model's test numbers."""
     final_val_loss = np.asarray(record["history"][-1]["validation_loss"])
     best = int(np.argmin(final_val_loss))
     chosen = jax.tree_util.tree_map(lambda x: x[best], states)
-
     test = input_pipeline.Split(
         arrays["test_images"], arrays["test_labels"], np.arange(len(arrays["test_labels"]))
     )
-    eval_fn = jax.jit(lambda s, b: steps.eval_step(s, b, normalize=config.normalize))
+    eval_fn = jax.jit(steps.configured_eval_step(config))
     test_all = []
-    for i in range(n):
+    for i in range(len(final_val_loss)):
         one = jax.tree_util.tree_map(lambda x, i=i: x[i], states)
         test_all.append(evaluate.evaluate(eval_fn, one, test, config.eval_batch_size))
-    results: dict[str, Any] = {
+    print(
+        f"validation losses {' '.join(f'{x:.4f}' for x in final_val_loss)}: keeping model {best}; "
+        f"its test accuracy {test_all[best]['accuracy']:.4f} (all: "
+        + " ".join(f"{t['accuracy']:.4f}" for t in test_all)
+        + ")",
+        flush=True,
+    )
+    return {
         "config": config.name,
-        "best_of_n": n,
+        "best_of_n": len(final_val_loss),
         "chosen_model": best,
         "chosen_split_seed": config.split_seed + best,
         "num_params": models.count_parameters({"params": chosen.params, "batch_stats": chosen.batch_stats}),
@@ -208,38 +232,41 @@ def best_of_n(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
         "history": record["history"],
         "vmapped_train_seconds": record["train_seconds"],
         "vmapped_compile_seconds": record["compile_seconds"],
-        "machine": runtime.machine_description(),
+        **runtime.provenance(),
     }
-    say(
-        f"validation losses {' '.join(f'{x:.4f}' for x in final_val_loss)}: keeping model {best}; "
-        f"its test accuracy {test_all[best]['accuracy']:.4f} (all: "
-        + " ".join(f"{t['accuracy']:.4f}" for t in test_all)
-        + ")"
-    )
-    if config.best_of_n_sequential_baseline:
-        say(f"baseline: the same {n} models one after another ...")
-        sequential = 0.0
-        for i in range(n):
-            _, rec = _train(config, 1, data, carves, [i], say)
-            sequential += rec["train_seconds"]
-        results["sequential_train_seconds"] = sequential
-        results["vmap_speedup"] = sequential / record["train_seconds"]
-        say(
-            f"training time: {n} models at once {record['train_seconds']:.1f}s, one after another "
-            f"{sequential:.1f}s: vmap is {results['vmap_speedup']:.2f}x faster"
-        )
 
-    # The chosen model as the workdir's checkpoint, with the config that evaluates it.
+
+def _sequential_baseline(
+    config: ml_collections.ConfigDict,
+    data: Any,
+    carves: Any,
+    vmapped_seconds: float,
+    say: Callable[[str], None],
+) -> dict[str, float]:
+    """The same models trained one after another with the same code: the vmap speedup."""
+    n = config.best_of_n
+    say(f"baseline: the same {n} models one after another ...")
+    sequential = sum(_train(config, 1, data, carves, [i], say)[1]["train_seconds"] for i in range(n))
+    say(
+        f"training time: {n} models at once {vmapped_seconds:.1f}s, one after another "
+        f"{sequential:.1f}s: vmap is {sequential / vmapped_seconds:.2f}x faster"
+    )
+    return {"sequential_train_seconds": sequential, "vmap_speedup": sequential / vmapped_seconds}
+
+
+def _save_chosen(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    chosen: Any,
+    best: int,
+    train_seconds: float,
+    validation_accuracy: float,
+) -> None:
+    """The chosen model as the workdir's checkpoint, with the config that evaluates it."""
     chosen_config = ml_collections.ConfigDict(config.to_dict())
     chosen_config.split_seed = config.split_seed + best
     runtime.write_json(os.path.join(workdir, "config.json"), json.loads(chosen_config.to_json_best_effort()))
     manager = checkpointing.create_manager(workdir)
-    progress = {"epoch_records": [], "partial": None, "train_seconds": record["train_seconds"]}
-    checkpointing.save(manager, chosen, progress, float(results["validation_accuracy"][best]))
+    progress: dict[str, Any] = {"epoch_records": [], "partial": None, "train_seconds": train_seconds}
+    checkpointing.save(manager, chosen, progress, float(validation_accuracy))
     manager.wait_until_finished()
-    results["wall_seconds"] = time.perf_counter() - t_launch
-    runtime.write_json(os.path.join(workdir, "results.json"), results)
-    say(
-        f"saved model {best} as the checkpoint at step {int(chosen.step)} in {checkpointing.checkpoint_dir(workdir)}"
-    )
-    return results

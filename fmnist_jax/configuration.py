@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,17 +23,27 @@ def _as_tuple(value: Any) -> Sequence[Any]:
     return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
 
+def _need(config: ml_collections.ConfigDict, ok: bool, field: str, why: str) -> None:
+    """Raises ConfigError for `field` (dotted) with its value, unless `ok`."""
+    if not ok:
+        value = config
+        for part in field.split("."):
+            value = value[part]
+        raise ConfigError(f"config.{field}={value!r}: {why}")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first field whose value is unusable."""
+    _check_model(config)
+    _check_run(config)
+    _check_optimisation(config)
+    num_train = input_pipeline.num_train_examples(config.validation_fraction)
+    _need(config, config.batch_size <= num_train, "batch_size", f"exceeds the {num_train} training examples")
 
-    def need(ok: bool, field: str, why: str) -> None:
-        if not ok:
-            value = config
-            for part in field.split("."):
-                value = value[part]
-            raise ConfigError(f"config.{field}={value!r}: {why}")
 
+def _check_model(config: ml_collections.ConfigDict) -> None:
     m = config.model
+    need = functools.partial(_need, config)
     need(m.name in models.MODELS, "model.name", f"unknown model, expected one of {models.MODELS}")
     need(
         m.get("activation", "relu") in models.ACTIVATIONS,
@@ -46,9 +57,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         need(len(m.conv_features) >= 1, "model.conv_features", "needs at least one conv block")
         need(all(int(f) >= 1 for f in m.conv_features), "model.conv_features", "must be >= 1")
         need(
-            all(int(k) >= 1 for k in _as_tuple(m.get("kernel_size", 3))),
-            "model.kernel_size",
-            "must be >= 1",
+            all(int(k) >= 1 for k in _as_tuple(m.get("kernel_size", 3))), "model.kernel_size", "must be >= 1"
         )
         need(
             all(str(p).upper() in models.PADDINGS for p in _as_tuple(m.get("padding", "SAME"))),
@@ -60,50 +69,49 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         if f in m:
             need(all(0.0 <= float(r) < 1.0 for r in _as_tuple(m[f])), f"model.{f}", "rates must be in [0, 1)")
 
+
+def _check_run(config: ml_collections.ConfigDict) -> None:
+    """Devices, dispatch, data, checkpoints, time-to-accuracy."""
+    need = functools.partial(_need, config)
     need(config.parallelism in PARALLELISM, "parallelism", f"expected one of {PARALLELISM}")
     need(
         config.compute_dtype in models.COMPUTE_DTYPES,
         "compute_dtype",
         f"expected one of {tuple(models.COMPUTE_DTYPES)}",
     )
-    need(config.optimizer in OPTIMIZERS, "optimizer", f"unknown optimizer, expected one of {OPTIMIZERS}")
-    need(config.schedule in SCHEDULES, "schedule", f"unknown schedule, expected one of {SCHEDULES}")
     need(config.batch_size >= 1, "batch_size", "must be >= 1")
+    need(config.steps_per_dispatch >= 0, "steps_per_dispatch", "must be >= 0 (0: sized by time)")
     need(
-        config.get("steps_per_dispatch", 1) >= 0,
-        "steps_per_dispatch",
-        "must be >= 0 (0: one epoch per dispatch)",
-    )
-    need(
-        config.get("steps_per_dispatch", 1) <= 1 or config.parallelism == "jit",
+        config.steps_per_dispatch <= 1 or config.parallelism == "jit",
         "steps_per_dispatch",
         "scanned steps need parallelism='jit' (pmap runs step by step: use 0 or 1)",
     )
     need(config.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
+    need(0.0 < config.validation_fraction < 1.0, "validation_fraction", "must be in (0, 1)")
+    need(config.checkpoint_every_epochs >= 1, "checkpoint_every_epochs", "must be >= 1")
+    need(config.checkpoint_every_steps >= 0, "checkpoint_every_steps", "must be >= 0 (0: off)")
+    need(0.0 <= config.stop_at_test_accuracy <= 1.0, "stop_at_test_accuracy", "must be in [0, 1] (0: off)")
+    need(
+        not config.stop_at_test_accuracy or config.test_every_epoch,
+        "stop_at_test_accuracy",
+        "needs config.test_every_epoch=True",
+    )
+
+
+def _check_optimisation(config: ml_collections.ConfigDict) -> None:
+    """Optimizer, schedule and the learning-rate range test."""
+    need = functools.partial(_need, config)
+    need(config.optimizer in OPTIMIZERS, "optimizer", f"unknown optimizer, expected one of {OPTIMIZERS}")
+    need(config.schedule in SCHEDULES, "schedule", f"unknown schedule, expected one of {SCHEDULES}")
     need(config.num_epochs >= 1, "num_epochs", "must be >= 1")
     need(config.learning_rate > 0, "learning_rate", "must be > 0")
-    need(0.0 < config.validation_fraction < 1.0, "validation_fraction", "must be in (0, 1)")
     need(config.weight_decay >= 0, "weight_decay", "must be >= 0")
     need(0.0 <= config.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
     need(config.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
     need(0.0 <= config.final_lr_fraction <= 1.0, "final_lr_fraction", "must be in [0, 1]")
-    need(config.checkpoint_every_epochs >= 1, "checkpoint_every_epochs", "must be >= 1")
-    need(config.checkpoint_every_steps >= 0, "checkpoint_every_steps", "must be >= 0 (0: off)")
-    need(
-        0.0 <= config.get("stop_at_test_accuracy", 0.0) <= 1.0,
-        "stop_at_test_accuracy",
-        "must be in [0, 1] (0: off)",
-    )
-    need(
-        not config.get("stop_at_test_accuracy", 0.0) or config.get("test_every_epoch", False),
-        "stop_at_test_accuracy",
-        "needs config.test_every_epoch=True",
-    )
     need(config.lr_find_min > 0, "lr_find_min", "must be > 0")
     need(config.lr_find_max > config.lr_find_min, "lr_find_max", "must be > lr_find_min")
     need(config.lr_find_steps >= 10, "lr_find_steps", "must be >= 10")
     need(config.epochs_per_decade != 0, "epochs_per_decade", "must not be 0")
     if config.schedule == "one_cycle":
         need(config.warmup_epochs > 0, "warmup_epochs", "one_cycle needs a rising phase > 0")
-    num_train = input_pipeline.num_train_examples(config.validation_fraction)
-    need(config.batch_size <= num_train, "batch_size", f"exceeds the {num_train} training examples")

@@ -159,18 +159,28 @@ def write_report(
     with open(os.path.join(out, "model_summary.txt"), "w") as f:
         f.write(summary)
     if tensorboard_writer is not None:
-        plt = _pyplot()
-        figures = {name[:-4]: plt.imread(os.path.join(out, name))[None, ..., :3] for name in FIGURES}
-        tensorboard_writer.write_images(
-            results["step"], {k: (v * 255).astype(np.uint8) for k, v in figures.items()}
-        )
-        tensorboard_writer.flush()
+        _figures_to_tensorboard(out, results["step"], tensorboard_writer)
+    page = _html_page(config, results, summary)
+    with open(os.path.join(out, "report.html"), "w") as f:
+        f.write(page)
+    return out
+
+
+def _figures_to_tensorboard(out: str, step: int, writer: Any) -> None:
+    plt = _pyplot()
+    figures = {name[:-4]: plt.imread(os.path.join(out, name))[None, ..., :3] for name in FIGURES}
+    writer.write_images(step, {k: (v * 255).astype(np.uint8) for k, v in figures.items()})
+    writer.flush()
+
+
+def _html_page(config: Any, results: dict[str, Any], summary: str) -> str:
+    """report.html: the headline numbers, the figures, the model and the config."""
     test = results["test"]
     rows = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{acc:.4f}</td></tr>"
         for name, acc in test["per_class_accuracy"].items()
     )
-    page = f"""<!doctype html>
+    return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(results["config"])}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}} img{{max-width:100%}}
 td,th{{padding:2px 10px;text-align:left}} pre{{background:#f4f4f4;padding:1em;overflow:auto}}</style></head>
@@ -189,6 +199,3 @@ validation accuracy {results["validation"]["accuracy"]:.4f}. {results["num_param
 <h2>Config</h2><pre>{html.escape(json.dumps(json.loads(config.to_json_best_effort()), indent=2))}</pre>
 </body></html>
 """
-    with open(os.path.join(out, "report.html"), "w") as f:
-        f.write(page)
-    return out

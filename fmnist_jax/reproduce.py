@@ -131,50 +131,28 @@ def results_table(root: str, seeds: list[int], rows: tuple[Row, ...] = ROWS) -> 
         "epochs | batch | schedule, lr | train s/run | wall s/run |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    machines: set[str] = set()
-    dates: list[str] = []
-    notes = []
-    total_wall = 0.0
-    any_resumed = False
+    done_rows = []
+    notes: list[str] = []
     for row in rows:
         done = {s: r for s in seeds if (r := load_result(run_dir(root, row, s))) is not None}
-        results = list(done.values())
-        if not results:
+        if not done:
             lines.append(f"| `{row.name}` | | {row.seed_reported} | not run yet | 0/{len(seeds)} |||||||")
             continue
-        accs = [r["test"]["accuracy"] for r in results]
-        mean, std = _mean_std(accs)
-        first = next(iter(done))
-        with open(os.path.join(run_dir(root, row, first), "config.json")) as f:
-            cfg = json.load(f)
-        machines.update(r["machine"] for r in results)
-        dates.extend(r.get("finished", "") for r in results)
-        total_wall += sum(r["wall_seconds"] for r in results)
-        beats = "n/a" if row.threshold is None else ("yes" if mean > row.threshold else "**no**")
-        train_s = statistics.fmean(r["train_seconds"] for r in results)
-        wall_s = statistics.fmean(r["wall_seconds"] for r in results)
-        resumed = [s for s in done if was_resumed(run_dir(root, row, s))]
-        any_resumed = any_resumed or bool(resumed)
-        lines.append(
-            f"| `{row.name}` | {results[0]['num_params']:,} | {row.seed_reported} | "
-            f"{mean:.4f} ± {std:.4f} | {len(results)}/{len(seeds)} | {min(accs):.4f} / {max(accs):.4f} | "
-            f"{beats} | {results[0]['num_epochs']} | {results[0]['batch_size']} | "
-            f"{cfg['schedule']}, {cfg['learning_rate']:g} | {train_s:.0f} | {wall_s:.0f}{'*' if resumed else ''} |"
-        )
-        if row.note:
-            notes.append(f"- `{row.name}`: {row.note}.")
-        if resumed:
-            notes.append(
-                f"- `{row.name}`*: seed {', '.join(map(str, resumed))} was interrupted and resumed from its "
-                "checkpoint; its training time adds up all processes, its wall time counts only the last."
-            )
+        line, row_notes = _table_row(root, row, seeds, done)
+        lines.append(line)
+        notes += row_notes
+        done_rows.append((row, done))
+    results = [r for _, done in done_rows for r in done.values()]
+    machines = {r["machine"] for r in results}
+    finished = sorted(d for r in results if (d := r.get("finished", "")))
+    total_wall = sum(r["wall_seconds"] for r in results)
+    any_resumed = any(was_resumed(run_dir(root, row, s)) for row, done in done_rows for s in done)
     lines += ["", *notes]
     lines += [
         "",
         f"Machine: {'; '.join(sorted(machines)) or 'none yet'}. "
         f"Total wall time of the runs shown: {'at least ' if any_resumed else ''}{total_wall / 60:.0f} min.",
     ]
-    finished = sorted(d for d in dates if d)
     if finished:
         lines.append(f"Runs finished between {finished[0]} and {finished[-1]}.")
     lines += [
@@ -184,6 +162,32 @@ def results_table(root: str, seeds: list[int], rows: tuple[Row, ...] = ROWS) -> 
         "",
     ]
     return "\n".join(lines)
+
+
+def _table_row(root: str, row: Row, seeds: list[int], done: dict[int, dict]) -> tuple[str, list[str]]:
+    """One row's table line (mean ± std over its finished seeds) and its notes."""
+    results = list(done.values())
+    accs = [r["test"]["accuracy"] for r in results]
+    mean, std = _mean_std(accs)
+    with open(os.path.join(run_dir(root, row, next(iter(done))), "config.json")) as f:
+        cfg = json.load(f)
+    beats = "n/a" if row.threshold is None else ("yes" if mean > row.threshold else "**no**")
+    train_s = statistics.fmean(r["train_seconds"] for r in results)
+    wall_s = statistics.fmean(r["wall_seconds"] for r in results)
+    resumed = [s for s in done if was_resumed(run_dir(root, row, s))]
+    line = (
+        f"| `{row.name}` | {results[0]['num_params']:,} | {row.seed_reported} | "
+        f"{mean:.4f} ± {std:.4f} | {len(results)}/{len(seeds)} | {min(accs):.4f} / {max(accs):.4f} | "
+        f"{beats} | {results[0]['num_epochs']} | {results[0]['batch_size']} | "
+        f"{cfg['schedule']}, {cfg['learning_rate']:g} | {train_s:.0f} | {wall_s:.0f}{'*' if resumed else ''} |"
+    )
+    notes = [f"- `{row.name}`: {row.note}."] if row.note else []
+    if resumed:
+        notes.append(
+            f"- `{row.name}`*: seed {', '.join(map(str, resumed))} was interrupted and resumed from its "
+            "checkpoint; its training time adds up all processes, its wall time counts only the last."
+        )
+    return line, notes
 
 
 def write_table(root: str, seeds: list[int], output: str) -> None:
