@@ -1,7 +1,6 @@
 """The benchmark compares like with like: its Keras and PyTorch models are ours, built
 from the same config fields, parameter for parameter."""
 
-import importlib
 import re
 
 import jax
@@ -9,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import load_config
 from test_models import KERAS_PARAMS
 
 from fmnist_jax import benchmark, models, parallel, steps
@@ -26,7 +26,7 @@ def our_parameter_count(config):
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_keras_model_has_our_parameter_count(name):
-    config = importlib.import_module(f"configs.{name}").get_config()
+    config = load_config(name)
     ours = models.create_model(config.model)
     shapes = jax.eval_shape(lambda: models.init_variables(ours, jax.random.PRNGKey(0)))
     assert benchmark.keras_model(config).count_params() == models.count_parameters(shapes)
@@ -36,14 +36,14 @@ def test_keras_model_has_our_parameter_count(name):
 def test_torch_model_has_our_parameter_count(name):
     """Parameters plus BN running mean and variance, as ours counts params + batch_stats."""
     torch = pytest.importorskip("torch")
-    config = importlib.import_module(f"configs.{name}").get_config()
+    config = load_config(name)
     model = benchmark.torch_model(config).eval()
     assert benchmark.torch_count_parameters(model) == our_parameter_count(config) == KERAS_PARAMS[name]
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
 def cnn_config(**fields):
-    config = importlib.import_module("configs.cnn4").get_config()
+    config = load_config("cnn4")
     config.model = ml_collections.ConfigDict({"name": "cnn", **fields})
     return config
 
@@ -111,7 +111,7 @@ def test_torch_same_padding_is_ours(kernel_size):
 def test_synthetic_program_is_the_scanned_step_without_the_gather(splits):
     """The synthetic-input program does the real program's work: fed one batch,
     it ends in the state the real program reaches when every step gathers that batch."""
-    config = importlib.import_module("configs.cnn4").get_config()  # Batch norm, dropout.
+    config = load_config("cnn4")  # Batch norm, dropout.
     config.model.conv_features = (4, 8)
     config.model.dense_features = (16,)
     config.batch_size = 8

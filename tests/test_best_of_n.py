@@ -24,12 +24,12 @@ compared with atol 1e-6. The leaves that differ more are explained in
 """
 
 import functools
-import importlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import load_config
 
 from fmnist_jax import best_of_n, checkpointing, evaluate, input_pipeline, steps
 
@@ -42,7 +42,7 @@ VAL_LOSS_RTOL = 2e-3
 
 
 def tiny_cnn_config():
-    config = importlib.import_module("configs.cnn4").get_config()  # BN, dense dropout 0.3, Adam.
+    config = load_config("cnn4")  # BN, dense dropout 0.3, Adam.
     config.model.conv_features = (4, 8)
     config.model.dense_features = (16,)
     config.model.conv_dropout = (0.0, 0.2)  # Dropout on feature maps too.

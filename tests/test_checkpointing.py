@@ -1,6 +1,5 @@
 """Checkpoints: exact resume after kill -9 and SIGTERM, eval from a checkpoint, damage, NaN."""
 
-import importlib
 import json
 import os
 import signal
@@ -11,6 +10,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from conftest import load_config
 
 from fmnist_jax import checkpointing, evaluate, runtime, steps, train
 
@@ -28,7 +28,7 @@ STEPS_PER_EPOCH = 54_000 // 128
 
 
 def small_config():
-    config = importlib.import_module("configs.cnn3").get_config()
+    config = load_config("cnn3")
     config.model.conv_features = (8, 8)
     config.model.dense_features = (32,)
     config.num_epochs = 2
@@ -237,7 +237,7 @@ def test_checkpoint_of_another_architecture_names_the_parameter(uninterrupted):
 
 def tiny_mlp_config(**overrides):
     """mlp_4x2 on 600 training images: 18 steps of 32 per epoch."""
-    config = importlib.import_module("configs.mlp_4x2").get_config()
+    config = load_config("mlp_4x2")
     config.update({"validation_fraction": 0.99, "num_epochs": 2, "write_report": False, **overrides})
     return config
 

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 from absl import flags
+from conftest import load_config
 from ml_collections import config_flags
 
 from fmnist_jax import configuration
@@ -17,10 +18,6 @@ CONFIGS = sorted(
     for f in os.listdir(os.path.join(ROOT, "configs"))
     if f.endswith(".py") and f not in ("__init__.py",)
 )
-
-
-def load_config(name):
-    return importlib.import_module(f"configs.{name}").get_config()
 
 
 SEED_MODELS = {

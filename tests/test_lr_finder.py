@@ -1,6 +1,5 @@
 """The learning-rate range test (--mode=lr_find)."""
 
-import importlib
 import itertools
 import json
 
@@ -10,6 +9,7 @@ import matplotlib.image
 import numpy as np
 import optax
 import pytest
+from conftest import load_config
 
 from fmnist_jax import configuration, input_pipeline, lr_finder, steps
 
@@ -61,7 +61,7 @@ def replayed_losses(config, splits, rates):
 
 
 def test_range_test_on_real_data(tmp_path, splits):
-    config = importlib.import_module("configs.mlp_256").get_config()
+    config = load_config("mlp_256")
     config.lr_find_steps = 80
     config.lr_find_min = 1e-5
     config.lr_find_max = 100.0  # Far past divergence for Adam: the sweep must stop early.
@@ -103,7 +103,7 @@ def test_range_test_on_real_data(tmp_path, splits):
 
 
 def test_bad_sweep_bounds_name_the_field():
-    config = importlib.import_module("configs.mlp_256").get_config()
+    config = load_config("mlp_256")
     config.lr_find_max = 1e-7
     with pytest.raises(configuration.ConfigError, match=r"config\.lr_find_max=1e-07: must be > lr_find_min"):
         configuration.validate_config(config)

@@ -1,4 +1,3 @@
-import importlib
 import os
 
 import flax.linen as nn
@@ -7,6 +6,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import load_config
 
 from fmnist_jax import models, ops
 
@@ -24,10 +24,6 @@ KERAS_PARAMS = {
     "cnn3": 242_442,
     "cnn4": 423_946,
 }
-
-
-def load_config(name):
-    return importlib.import_module(f"configs.{name}").get_config()
 
 
 @pytest.mark.parametrize("name", sorted(KERAS_PARAMS))

@@ -1,6 +1,5 @@
 """--mode=predict: user images through a trained checkpoint."""
 
-import importlib
 import os
 import subprocess
 import sys
@@ -8,6 +7,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import load_config
 from PIL import Image
 
 from fmnist_jax import CLASS_NAMES, checkpointing, evaluate, predict, steps, train
@@ -119,7 +119,7 @@ def test_byte_limit(garment, tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("predict_run")
-    config = importlib.import_module("configs.mlp_256").get_config()
+    config = load_config("mlp_256")
     config.num_epochs = 1
     config.batch_size = 256
     train.train_and_evaluate(config, str(workdir))

@@ -1,19 +1,15 @@
 """The scanned training path (data on the device, steps in one lax.scan) against
 step-by-step dispatch: the same steps must give the same state, bit for bit."""
 
-import importlib
 import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import load_config
 
 from fmnist_jax import parallel, steps, train
-
-
-def load_config(name):
-    return importlib.import_module(f"configs.{name}").get_config()
 
 
 def _tiny_cnn():

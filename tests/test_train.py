@@ -1,7 +1,6 @@
 """Train and eval steps, schedules, and a short real run."""
 
 import functools
-import importlib
 import json
 import os
 
@@ -10,6 +9,7 @@ import jax.numpy as jnp
 import matplotlib.image
 import numpy as np
 import pytest
+from conftest import load_config
 
 from fmnist_jax import (
     CLASS_NAMES,
@@ -23,10 +23,6 @@ from fmnist_jax import (
     train,
 )
 from fmnist_jax import results as results_lib
-
-
-def load_config(name):
-    return importlib.import_module(f"configs.{name}").get_config()
 
 
 def test_train_step_lowers_loss_on_a_fixed_batch(splits):

@@ -228,7 +228,7 @@ def jax_worker(name: str) -> dict[str, Any]:
         "version": jax.__version__,
         "device": jax.devices()[0].device_kind,
         "batch_size": batch,
-        "compute_dtype": config.get("compute_dtype", "float32"),
+        "compute_dtype": config.compute_dtype,
         **rates,
         "steps_per_dispatch": k,
         "compile_seconds": compile_seconds,

@@ -131,7 +131,7 @@ def torch_worker(name: str) -> dict[str, Any]:
     x = torch.from_numpy(splits["train"].images[: k * batch].astype(np.float32) / 255.0).permute(0, 3, 1, 2)
     y = torch.from_numpy(splits["train"].labels[: k * batch].astype(np.int64))
     x, y = x.contiguous().to(device), y.to(device)
-    bf16 = config.get("compute_dtype", "float32") == "bfloat16"
+    bf16 = config.compute_dtype == "bfloat16"
     epoch = _epoch(model, x, y, k, batch, bf16)
     epoch()
     times = []
