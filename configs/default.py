@@ -74,6 +74,11 @@ def get_config() -> ml_collections.ConfigDict:
     # "off", or a folder. The environment variable set to "off" turns it off too.
     config.compilation_cache = "auto"
 
+    # One experiment per workdir: resuming a workdir whose config.json differs in a field
+    # that changes results is refused. "num_epochs" here allows training a run with a
+    # constant or exponential schedule for more (or fewer) epochs.
+    config.allow_config_change = ""
+
     # Figures and report.html in <workdir>/report/ at the end of a run.
     config.write_report = True
 

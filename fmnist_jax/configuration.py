@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -115,3 +116,69 @@ def _check_optimisation(config: ml_collections.ConfigDict) -> None:
     need(config.epochs_per_decade != 0, "epochs_per_decade", "must not be 0")
     if config.schedule == "one_cycle":
         need(config.warmup_epochs > 0, "warmup_epochs", "one_cycle needs a rising phase > 0")
+
+
+# Fields that cannot change a run's results: a workdir may be resumed with them changed.
+NEUTRAL_FIELDS = frozenset(
+    {
+        "name",
+        "data_dir",
+        "write_report",
+        "eval_batch_size",
+        "steps_per_dispatch",
+        "compilation_cache",
+        "checkpoint_every_epochs",
+        "checkpoint_every_steps",
+        "lr_find_min",
+        "lr_find_max",
+        "lr_find_steps",
+        "best_of_n",
+        "best_of_n_sequential_baseline",
+        "allow_config_change",
+    }
+)
+# Fields `allow_config_change` may name: num_epochs, only where the schedule does not
+# depend on the run's length (constant and exponential rates are per step or per epoch).
+LENGTH_FREE_SCHEDULES = ("constant", "exponential")
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changed_fields(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Fields (dotted) whose JSON values differ: {field: (saved, current)}; absent is None."""
+    old, new = _flatten(saved), _flatten(current)
+    return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
+
+
+def check_resume_config(saved: dict[str, Any], config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Raises ConfigError when `config` would continue `workdir`'s run (saved config
+    `saved`) under settings that change its results: one workdir, one experiment."""
+    current = json.loads(config.to_json_best_effort())
+    allowed = {f for f in str(config.allow_config_change).split(",") if f}
+    changes = {k: v for k, v in changed_fields(saved, current).items() if k not in NEUTRAL_FIELDS}
+    unsafe = allowed - {"num_epochs"}
+    if unsafe or ("num_epochs" in allowed and config.schedule not in LENGTH_FREE_SCHEDULES):
+        raise ConfigError(
+            f"config.allow_config_change={config.allow_config_change!r}: only num_epochs may be allowed "
+            f"to change, and only with a schedule in {LENGTH_FREE_SCHEDULES} (it is {config.schedule!r})"
+        )
+    refused = {k: v for k, v in changes.items() if k not in allowed}
+    if refused:
+        listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
+        raise ConfigError(
+            f"{workdir} holds a run with another config ({listed}); resuming it would mix two "
+            "experiments. Use a new --workdir"
+            + (
+                ", or --config.allow_config_change=num_epochs to train it longer"
+                if "num_epochs" in refused and config.schedule in LENGTH_FREE_SCHEDULES
+                else ""
+            )
+        )

@@ -36,7 +36,7 @@ from fmnist_jax import (
     seconds_since_process_start,
     steps,
 )
-from fmnist_jax.configuration import validate_config
+from fmnist_jax.configuration import check_resume_config, validate_config
 
 # Dispatches queued ahead of the host. Bounded: with many multi-device steps queued,
 # XLA:CPU's in-process collectives can starve each other and deadlock.
@@ -249,6 +249,10 @@ def init_or_restore(
     """The newest intact checkpoint's state and progress, or the initial state; placed
     on the devices. Writes the resolved config.json (process 0)."""
     manager = checkpointing.create_manager(workdir)
+    saved_config = os.path.join(workdir, "config.json")
+    if manager.latest_step() is not None and os.path.isfile(saved_config):
+        with open(saved_config) as f:
+            check_resume_config(json.load(f), config, workdir)
     progress = Progress()
     restored = checkpointing.restore_latest_intact(manager, state, workdir, par.replicated)
     if restored is not None:

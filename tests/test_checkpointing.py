@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import load_config
 
-from fmnist_jax import checkpointing, evaluate, runtime, steps, train
+from fmnist_jax import checkpointing, configuration, evaluate, runtime, steps, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A small CNN (batch norm, so batch_stats must resume too) with mid-epoch checkpoints.
@@ -224,15 +224,62 @@ def test_truncated_newest_checkpoint_falls_back_to_an_intact_one(uninterrupted, 
     assert_states_bitwise_equal(final_state(tmp_path)[0], final_state(ref_dir)[0])
 
 
-def test_checkpoint_of_another_architecture_names_the_parameter(uninterrupted):
+def test_checkpoint_of_another_architecture_names_the_parameter(uninterrupted, tmp_path):
+    import shutil
+
     ref_dir, _ = uninterrupted
+    shutil.copytree(ref_dir / "checkpoints", tmp_path / "checkpoints")  # Without its config.json.
     config = small_config()
     config.model.conv_features = (8, 16)
     with pytest.raises(
         checkpointing.CheckpointError,
         match=r"parameter params/BatchNorm_1/bias has shape \(8,\), this config's has \(16,\)",
     ):
+        train.train_and_evaluate(config, str(tmp_path))
+    # With the run's config.json the config check speaks first, naming the field.
+    with pytest.raises(configuration.ConfigError, match=r"model\.conv_features: \[8, 8\] -> \[8, 16\]"):
         train.train_and_evaluate(config, str(ref_dir))
+
+
+def test_a_workdir_is_resumed_only_by_its_own_experiment(tmp_path):
+    """A changed learning rate is refused with both values; a changed report setting is
+    not; more epochs of a constant-rate run are refused unless allowed, and then end
+    where a run of that length from scratch does."""
+    one_epoch = tiny_mlp_config(num_epochs=1, schedule="constant")
+    train.train_and_evaluate(one_epoch, str(tmp_path / "run"))
+    other_rate = tiny_mlp_config(num_epochs=1, schedule="constant", learning_rate=0.002)
+    with pytest.raises(
+        configuration.ConfigError, match=r"another config \(learning_rate: 0\.001 -> 0\.002\).*new --workdir"
+    ):
+        train.train_and_evaluate(other_rate, str(tmp_path / "run"))
+    report_on = tiny_mlp_config(num_epochs=1, schedule="constant", write_report=True, eval_batch_size=500)
+    assert train.train_and_evaluate(report_on, str(tmp_path / "run"))["step"] == 18
+    longer = tiny_mlp_config(num_epochs=2, schedule="constant")
+    with pytest.raises(
+        configuration.ConfigError, match=r"num_epochs: 1 -> 2.*allow_config_change=num_epochs"
+    ):
+        train.train_and_evaluate(longer, str(tmp_path / "run"))
+    longer.allow_config_change = "num_epochs"
+    continued = train.train_and_evaluate(longer, str(tmp_path / "run"))
+    fresh = train.train_and_evaluate(
+        tiny_mlp_config(num_epochs=2, schedule="constant"), str(tmp_path / "fresh")
+    )
+    assert continued["step"] == 36 and continued["test"] == fresh["test"]
+    cosine = tiny_mlp_config(
+        num_epochs=3, allow_config_change="num_epochs"
+    )  # Its rate depends on the length.
+    with pytest.raises(configuration.ConfigError, match=r"only num_epochs .* schedule in"):
+        train.train_and_evaluate(cosine, str(tmp_path / "run"))
+
+
+def test_changed_fields_lists_nested_and_missing_fields():
+    saved = {"learning_rate": 0.001, "model": {"name": "cnn", "conv_features": [8, 8]}, "old": 1}
+    current = {"learning_rate": 0.001, "model": {"name": "cnn", "conv_features": [8, 16]}, "new": 2}
+    assert configuration.changed_fields(saved, current) == {
+        "model.conv_features": ([8, 8], [8, 16]),
+        "new": (None, 2),
+        "old": (1, None),
+    }
 
 
 def tiny_mlp_config(**overrides):
