@@ -118,5 +118,18 @@ def main(argv: list[str]) -> None:
         sys.exit(130)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing; a config file or field that does not exist is one line, not a traceback."""
+    try:
+        remaining = flags.FLAGS(argv)
+    except Exception as e:
+        first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+        sys.exit(f"error: {configuration.explain_flag_error(argv) or first_line}")
+    missing = configuration.missing_config_file(argv)  # config_flags defers this one.
+    if missing:
+        sys.exit(f"error: {missing}")
+    return remaining
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import functools
+import importlib.util
 import json
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -182,3 +186,67 @@ def check_resume_config(saved: dict[str, Any], config: ml_collections.ConfigDict
                 else ""
             )
         )
+
+
+def _closest(name: str, candidates: Sequence[str]) -> str:
+    match = difflib.get_close_matches(name, list(candidates), n=1)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def missing_config_file(argv: Sequence[str]) -> str | None:
+    """'--config=PATH: no such file' with the closest config beside it, or None."""
+    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if path is None or os.path.isfile(path):
+        return None
+    folder = os.path.dirname(path) or "."
+    names = sorted(f for f in os.listdir(folder) if f.endswith(".py")) if os.path.isdir(folder) else []
+    return f"--config={path}: no such file{_closest(os.path.basename(path), names)}"
+
+
+def explain_flag_error(argv: Sequence[str]) -> str | None:
+    """One line naming what a command line asked for that does not exist (a config file,
+    a field an override names), with the closest existing name; None if nothing is."""
+    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if path is None:
+        return None
+    missing = missing_config_file(argv)
+    if missing:
+        return missing
+    spec = importlib.util.spec_from_file_location("_config_file", path)
+    if spec is None or spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for arg in argv:
+        if arg.startswith("--config."):
+            dotted = arg[len("--config.") :].split("=", 1)[0]
+            missing = _missing_field(config, dotted)
+            if missing:
+                return f"{arg.split('=', 1)[0]}: {path} {missing}{_model_field_hint(config, dotted)}"
+    return None
+
+
+def _missing_field(config: Any, dotted: str) -> str | None:
+    """What is wrong with the field path `dotted` in `config`, or None if it exists."""
+    node, walked = config, list[str]()
+    for part in dotted.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            where = ".".join(walked) or "the config"
+            fields = list(node.keys()) if hasattr(node, "keys") else []
+            listing = f" ({where} has {', '.join(sorted(fields))})" if len(fields) <= 12 else ""
+            return f"has no field {dotted!r}{listing}{_closest(part, fields)}"
+        node, walked = node[part], [*walked, part]
+    return None
+
+
+def _model_field_hint(config: Any, dotted: str) -> str:
+    """For a model field the network takes but the config file does not set: how to set it."""
+    parts = dotted.split(".")
+    classes = {"mlp": models.MLP, "cnn": models.CNN}
+    module = classes.get(config.model.get("name")) if "model" in config else None
+    if len(parts) != 2 or parts[0] != "model" or module is None:
+        return ""
+    if parts[1] not in {f.name for f in dataclasses.fields(module)}:
+        return ""
+    return f"; the {config.model.name} model takes {parts[1]}: set it in a copy of the config file"

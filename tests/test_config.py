@@ -193,3 +193,40 @@ def test_launch_rejects_bad_values_before_any_work(tmp_path, override, message):
     assert f"error: {message}" in proc.stderr
     assert "compiled" not in proc.stdout
     assert not os.path.exists(tmp_path / "w")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["--config=configs/mlp256.py"],
+            "error: --config=configs/mlp256.py: no such file; did you mean 'mlp_256.py'?",
+        ),
+        (
+            ["--config=configs/mlp_256.py", "--config.learning_rat=0.1"],
+            "error: --config.learning_rat: configs/mlp_256.py has no field 'learning_rat'; "
+            "did you mean 'learning_rate'?",
+        ),
+        (
+            ["--config=configs/mlp_256.py", "--config.model.dropout=0.5"],
+            "error: --config.model.dropout: configs/mlp_256.py has no field 'model.dropout' (model has "
+            "hidden, name); the mlp model takes dropout: set it in a copy of the config file",
+        ),
+        (
+            ["--config=configs/mlp_256.py", "--config.batch_size=abc"],
+            "error: flag --config.batch_size=abc: invalid literal for int() with base 10: 'abc'",
+        ),
+    ],
+    ids=["config_file", "field", "model_field", "value"],
+)
+def test_command_line_typos_are_one_line_with_the_closest_name(args, expected):
+    proc = subprocess.run(
+        [sys.executable, "launch.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [expected]
