@@ -44,9 +44,10 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this proc
 
 # What a run may stop with: one line on stderr, exit status 1, no traceback.
 def _user_errors() -> tuple[type[Exception], ...]:
-    from fmnist_jax import checkpointing
+    from fmnist_jax import checkpointing, runtime
 
     return (
+        runtime.WorkdirError,
         checkpointing.CheckpointError,
         configuration.ConfigError,
         input_pipeline.DatasetNotFoundError,

@@ -172,7 +172,7 @@ def best_of_n(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     if n < 1:
         raise ConfigError(f"config.best_of_n={n}: must be >= 1")
     say = lambda s: print(s, flush=True)  # noqa: E731
-    os.makedirs(workdir, exist_ok=True)
+    runtime.prepare_workdir(workdir)
     t_launch = time.perf_counter()
     arrays = input_pipeline.load_arrays(config.data_dir)
     data = (jnp.asarray(arrays["train_images"]), jnp.asarray(arrays["train_labels"], jnp.int32))

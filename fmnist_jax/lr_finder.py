@@ -52,7 +52,7 @@ def find_learning_rate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Runs the range test; writes `lr_find.json` and `lr_find.png` in `workdir`."""
     validate_config(config)
     runtime.enable_compilation_cache(config.compilation_cache)
-    os.makedirs(workdir, exist_ok=True)
+    runtime.prepare_workdir(workdir)
     splits = input_pipeline.load_splits(config.data_dir, config.validation_fraction, config.split_seed)
     rates = sweep_rates(config.lr_find_min, config.lr_find_max, config.lr_find_steps)
     init_rng, rng = jax.random.split(jax.random.PRNGKey(config.seed))

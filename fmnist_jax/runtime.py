@@ -130,6 +130,25 @@ def provenance() -> dict[str, Any]:
     return {"machine": machine_description(), "git": git_state(), "versions": package_versions()}
 
 
+class WorkdirError(RuntimeError):
+    """The workdir cannot be created or written; the message says which and why."""
+
+
+def prepare_workdir(workdir: str) -> None:
+    """Creates `workdir` and proves it writable (a small file written, synced and
+    removed), so an unwritable or full disk fails before any training, in one line."""
+    probe = os.path.join(workdir, f".write_test.{os.getpid()}")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+        os.remove(probe)
+    except OSError as e:
+        raise WorkdirError(f"workdir {workdir} is not writable: {e.strerror or e}") from e
+
+
 def write_json(path: str, payload: Any) -> None:
     """Writes JSON atomically: a reader never sees a half-written file."""
     tmp = f"{path}.tmp"

@@ -204,7 +204,7 @@ def set_up(
     loaded: seconds off the time to the first step."""
     par = parallel.DataParallel(config.parallelism)
     par.check_batch_size(config.batch_size)
-    os.makedirs(workdir, exist_ok=True)
+    runtime.prepare_workdir(workdir)
     num_train = input_pipeline.num_train_examples(config.validation_fraction)
     steps_per_epoch = num_train // config.batch_size
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))

@@ -413,3 +413,15 @@ def test_eight_device_save_restores_on_one_device(tmp_path):
     assert {k: v for k, v in report["test"].items() if k != "loss"} == {
         k: v for k, v in results["test"].items() if k != "loss"
     }
+
+
+def test_unwritable_workdir_is_one_line_before_training(tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    workdir = tmp_path / "a_file" / "run"
+    with pytest.raises(runtime.WorkdirError, match=r"workdir .*a_file/run is not writable: Not a directory"):
+        train.train_and_evaluate(tiny_mlp_config(), str(workdir))
+    proc = launch("--config=configs/mlp_4x2.py", f"--workdir={workdir}")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert out.strip().splitlines()[-1] == f"error: workdir {workdir} is not writable: Not a directory"
+    assert "Traceback" not in out
