@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from fmnist_jax import (
     checkpointing,
@@ -300,7 +301,7 @@ def train_epochs(run: Run) -> bool:
                 f"stopped after epoch {epoch}"
             )
             return False
-        if run.guard.signal_name and run.step < run.total_steps:
+        if stop_requested(run) and run.step < run.total_steps:
             if run.manager.latest_step() != run.step:
                 save(run, record["validation_accuracy"])
             return stop_for_signal(run, epoch)
@@ -324,10 +325,11 @@ def train_epoch(run: Run, epoch: int) -> EpochSums | None:
             history.append(dispatch(run, batches, pos, k, in_flight=history))
             pos += k
             bar.update(k)
-            if pos < steps_per_epoch and (run.guard.signal_name or checkpoint_due(run)):
+            stop = stop_requested(run)
+            if pos < steps_per_epoch and (stop or checkpoint_due(run)):
                 run.progress.partial = carried + epoch_sums(history, run.step, epoch, t0)
                 save(run)
-                if run.guard.signal_name:
+                if stop:
                     return None
     return carried + epoch_sums(history, run.step, epoch, t0)
 
@@ -402,12 +404,26 @@ def save(run: Run, validation_accuracy: float = checkpointing.NOT_EVALUATED) -> 
     checkpointing.save(run.manager, single, run.progress.to_json(), validation_accuracy)
 
 
+def stop_requested(run: Run) -> bool:
+    """Whether a signal asks the run to stop here. With several processes, any one's
+    signal counts and all of them agree at the same step (an all-gather of the flags
+    that every process makes at the same points), so all save the same step."""
+    local = run.guard.signal_name is not None
+    if jax.process_count() == 1:
+        return local
+    return bool(np.any(multihost_utils.process_allgather(np.int32(local))))
+
+
 def stop_for_signal(run: Run, epoch: int) -> bool:
+    """After the stop's checkpoint: wait for the write, one line from every process."""
     run.manager.wait_until_finished()
     run.log.close()
-    run.say(
-        f"caught {run.guard.signal_name}: saved a checkpoint at step {run.step} (epoch {epoch}) "
-        "and stopped; rerun the same command to resume"
+    reason = run.guard.signal_name or "a signal to another process"
+    who = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
+    print(
+        f"{who}caught {reason}: saved a checkpoint at step {run.step} (epoch {epoch}) "
+        "and stopped; rerun the same command to resume",
+        flush=True,
     )
     return True
 

@@ -2,13 +2,17 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
+import jax
+import numpy as np
 import pytest
 
-from fmnist_jax import evaluate
+from fmnist_jax import checkpointing, evaluate, steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # No batch norm here: a conv bias before batch norm gets only rounding noise as its
@@ -29,14 +33,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run_processes(workdir, num_processes):
+def start_processes(workdir, num_processes):
     port = free_port()
     extra = (
         []
         if num_processes == 1
         else [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}"]
     )
-    procs = [
+    return [
         subprocess.Popen(
             [sys.executable, "launch.py", *ARGS, f"--workdir={workdir}", *extra]
             + ([f"--process_id={i}"] if num_processes > 1 else []),
@@ -48,6 +52,10 @@ def run_processes(workdir, num_processes):
         )
         for i in range(num_processes)
     ]
+
+
+def run_processes(workdir, num_processes):
+    procs = start_processes(workdir, num_processes)
     outs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outs, strict=True):
         assert p.returncode == 0, out[-3000:]
@@ -89,3 +97,44 @@ def test_two_process_checkpoint_evaluates_in_one_process(runs):
     assert report["test"]["count"] == 10_000
     assert report["test"]["loss"] == pytest.approx(trained["test"]["loss"], rel=1e-5)
     assert abs(report["test"]["accuracy"] - trained["test"]["accuracy"]) <= 2e-4
+
+
+def saved_state(workdir):
+    config = evaluate.load_workdir_config(str(workdir))
+    manager = checkpointing.create_manager(str(workdir), create=False)
+    _, template = steps.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=1)
+    return checkpointing.restore(manager, manager.latest_step(), template)[0]
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step_then_resumes(runs, tmp_path):
+    """A preempted host: SIGTERM to process 1 only. Both processes agree on the step,
+    save it and exit 0; the same commands again resume and end with the parameters of
+    the uninterrupted two-process run, bit for bit."""
+    two, _, _ = runs
+    procs = start_processes(tmp_path, 2)
+    for line in procs[0].stdout:
+        if line.startswith("compiled the train step"):
+            break
+    time.sleep(1.0)
+    procs[1].send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    caught = [[ln for ln in out.splitlines() if "caught" in ln] for out in outs]
+    assert [len(c) for c in caught] == [1, 1], outs
+    assert caught[0][0].startswith(
+        "process 0: caught a signal to another process: saved a checkpoint at step "
+    )
+    assert caught[1][0].startswith("process 1: caught SIGTERM: saved a checkpoint at step ")
+    step = int(caught[0][0].split("at step ")[1].split()[0])
+    assert int(caught[1][0].split("at step ")[1].split()[0]) == step
+    assert 0 < step < 48_000 // 256
+    assert checkpointing.create_manager(str(tmp_path), create=False).latest_step() == step
+
+    outs = run_processes(tmp_path, 2)
+    assert f"resumed from the checkpoint at step {step}" in outs[0]
+    resumed, reference = saved_state(tmp_path), saved_state(two)
+    assert int(resumed.step) == int(reference.step) == 48_000 // 256
+    for a, b in zip(
+        jax.tree_util.tree_leaves(resumed.params), jax.tree_util.tree_leaves(reference.params), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
