@@ -114,6 +114,12 @@ def main(argv: list[str]) -> None:
         modes.get(_MODE.value, lambda: training_mode(_MODE.value))()
     except _user_errors() as e:
         sys.exit(f"error: {e}")
+    except Exception as e:
+        if not parallel.is_lost_peer(e):
+            raise
+        # One line, then out at once: JAX's exit-time barrier would wait for the lost peer.
+        print(f"error: {parallel.lost_peer_message(e)}", file=sys.stderr, flush=True)
+        os._exit(1)
     except KeyboardInterrupt:  # A second Ctrl-C: stop at once; the newest checkpoint stays.
         print("interrupted: stopped without saving", file=sys.stderr, flush=True)
         sys.exit(130)

@@ -26,6 +26,9 @@ from jax.sharding import PartitionSpec as P
 from fmnist_jax.configuration import ConfigError
 
 AXIS = "data"
+# A process that stops sending heartbeats is declared lost after this long, and the others
+# stop (a collective with it fails at once; a silent hang ends here).
+HEARTBEAT_TIMEOUT_SECONDS = 30
 MODES = ("jit", "pmap")
 
 
@@ -44,10 +47,33 @@ def initialize_distributed(
         if num_processes is None or process_id is None:
             raise ValueError("--coordinator_address needs --num_processes and --process_id")
         jax.distributed.initialize(
-            coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+            heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_SECONDS,
         )
     elif auto:
-        jax.distributed.initialize()
+        jax.distributed.initialize(heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_SECONDS)
+
+
+def is_lost_peer(error: BaseException) -> bool:
+    """Whether `error` is a cross-process collective failing because a peer went away."""
+    text = str(error)
+    return (
+        jax.process_count() > 1
+        and isinstance(error, jax.errors.JaxRuntimeError)
+        and any(s in text for s in ("Gloo", "Connection reset", "Connection closed", "connection closed"))
+    )
+
+
+def lost_peer_message(error: BaseException) -> str:
+    """One line for a run whose peer died: who, what failed, how to go on."""
+    n, me = jax.process_count(), jax.process_index()
+    who = f"process {1 - me}" if n == 2 else "another process"
+    return (
+        f"process {me}: lost {who} of {n} ({str(error).splitlines()[0]}); stopped. The newest complete "
+        "checkpoint stays: rerun every process to resume from it"
+    )
 
 
 class DataParallel:

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from fmnist_jax import checkpointing, evaluate, steps
+from fmnist_jax import checkpointing, evaluate, parallel, steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # No batch norm here: a conv bias before batch norm gets only rounding noise as its
@@ -33,7 +33,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_processes(workdir, num_processes):
+def start_processes(workdir, num_processes, *more):
     port = free_port()
     extra = (
         []
@@ -42,7 +42,7 @@ def start_processes(workdir, num_processes):
     )
     return [
         subprocess.Popen(
-            [sys.executable, "launch.py", *ARGS, f"--workdir={workdir}", *extra]
+            [sys.executable, "launch.py", *ARGS, *more, f"--workdir={workdir}", *extra]
             + ([f"--process_id={i}"] if num_processes > 1 else []),
             cwd=ROOT,
             stdout=subprocess.PIPE,
@@ -54,8 +54,8 @@ def start_processes(workdir, num_processes):
     ]
 
 
-def run_processes(workdir, num_processes):
-    procs = start_processes(workdir, num_processes)
+def run_processes(workdir, num_processes, *more):
+    procs = start_processes(workdir, num_processes, *more)
     outs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outs, strict=True):
         assert p.returncode == 0, out[-3000:]
@@ -138,3 +138,28 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_then_resumes(runs, t
         jax.tree_util.tree_leaves(resumed.params), jax.tree_util.tree_leaves(reference.params), strict=True
     ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_killed_process_stops_the_other_at_once_and_the_run_resumes(tmp_path):
+    """SIGKILL to process 1 after a mid-epoch checkpoint: process 0 exits non-zero at
+    once with one line naming the lost process (within parallel.HEARTBEAT_TIMEOUT_SECONDS
+    in any case); the checkpoint stays and both processes rerun from it to the end."""
+    every = ["--config.checkpoint_every_steps=40"]
+    procs = start_processes(tmp_path, 2, *every)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (tmp_path / "checkpoints" / "40").is_dir():
+        time.sleep(0.05)
+    procs[1].kill()
+    t = time.time()
+    out, _ = procs[0].communicate(timeout=120)
+    assert time.time() - t < parallel.HEARTBEAT_TIMEOUT_SECONDS <= 60
+    assert procs[0].returncode == 1, out[-3000:]
+    assert out.strip().splitlines()[-1].startswith("error: process 0: lost process 1 of 2 (")
+    assert "rerun every process" in out and "Traceback" not in out
+    procs[1].wait()
+    saved = checkpointing.create_manager(str(tmp_path), create=False).latest_step()
+    assert saved is not None and saved >= 40
+
+    outs = run_processes(tmp_path, 2, *every)
+    assert f"resumed from the checkpoint at step {saved}" in outs[0]
+    assert saved_state(tmp_path).step == 48_000 // 256
