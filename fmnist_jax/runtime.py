@@ -144,9 +144,11 @@ def prepare_workdir(workdir: str) -> None:
             f.write(b"\0" * 65536)
             f.flush()
             os.fsync(f.fileno())
-        os.remove(probe)
     except OSError as e:
         raise WorkdirError(f"workdir {workdir} is not writable: {e.strerror or e}") from e
+    finally:
+        if os.path.exists(probe):
+            os.remove(probe)
 
 
 def write_json(path: str, payload: Any) -> None:

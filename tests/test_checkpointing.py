@@ -425,3 +425,23 @@ def test_unwritable_workdir_is_one_line_before_training(tmp_path):
     assert proc.returncode == 1
     assert out.strip().splitlines()[-1] == f"error: workdir {workdir} is not writable: Not a directory"
     assert "Traceback" not in out
+
+
+@pytest.mark.parametrize(
+    ("options", "reason"), [("ro,size=1m", "Read-only file system"), ("size=32k", "No space left on device")]
+)
+def test_read_only_or_full_filesystem_is_one_line_before_training(tmp_path, options, reason):
+    mount_point = tmp_path / "mnt"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        workdir = mount_point if options.startswith("ro") else mount_point / "run"
+        with pytest.raises(runtime.WorkdirError, match=rf"workdir {workdir} is not writable: {reason}$"):
+            train.train_and_evaluate(tiny_mlp_config(), str(workdir))
+        assert not workdir.exists() or os.listdir(workdir) == []  # No probe file left behind.
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
