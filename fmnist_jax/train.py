@@ -10,6 +10,7 @@ evaluation in `evaluate`, placement and compilation in `parallel`, checkpoints i
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import math
@@ -150,6 +151,7 @@ class Run:
     dispatch: int = 0  # Steps per dispatch; 0: sized by time once the first is timed.
     epoch_test: dict[str, Any] | None = None  # The last epoch's test evaluation (test_every_epoch).
     stopped_at_epoch: int | None = None
+    saving_step: int | None = None  # The step of the checkpoint write last started.
 
     @property
     def is_main(self) -> bool:
@@ -188,9 +190,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         except BaseException:
             # A failed or interrupted run still completes the save in flight (a state checked
             # finite): nothing half-written is left behind, no error from orbax's writer thread.
-            run.manager.wait_until_finished()
+            with contextlib.suppress(Exception):  # The first error is the one to report.
+                run.manager.wait_until_finished()
             raise
-        run.manager.wait_until_finished()
+        finish_saving(run)
     return None if stopped else finish(run)
 
 
@@ -401,7 +404,23 @@ def save(run: Run, validation_accuracy: float = checkpointing.NOT_EVALUATED) -> 
     single = run.par.single_copy(run.state)
     if not bool(jax.jit(parallel.all_finite)(single.params)):
         raise FloatingPointError(f"parameters are not finite at step {run.step}; not saving them")
+    finish_saving(run)  # A failed earlier write stops the run here, naming its step.
     checkpointing.save(run.manager, single, run.progress.to_json(), validation_accuracy)
+    run.saving_step = run.step
+
+
+def finish_saving(run: Run) -> None:
+    """Waits for the checkpoint being written; if its write failed (a full or lost disk),
+    raises CheckpointError naming its step. Earlier checkpoints stay intact."""
+    try:
+        run.manager.wait_until_finished()
+    except Exception as e:
+        run.manager.reload()
+        kept = run.manager.latest_step()
+        raise checkpointing.CheckpointError(
+            f"writing the checkpoint of step {run.saving_step} failed ({str(e).splitlines()[0][:300]}); "
+            f"stopped. The newest intact checkpoint is step {kept}: fix the workdir and rerun to resume"
+        ) from e
 
 
 def stop_requested(run: Run) -> bool:
@@ -416,7 +435,7 @@ def stop_requested(run: Run) -> bool:
 
 def stop_for_signal(run: Run, epoch: int) -> bool:
     """After the stop's checkpoint: wait for the write, one line from every process."""
-    run.manager.wait_until_finished()
+    finish_saving(run)
     run.log.close()
     reason = run.guard.signal_name or "a signal to another process"
     who = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""

@@ -445,3 +445,41 @@ def test_read_only_or_full_filesystem_is_one_line_before_training(tmp_path, opti
         assert not workdir.exists() or os.listdir(workdir) == []  # No probe file left behind.
     finally:
         subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_failed_checkpoint_write_stops_the_run_naming_its_step(tmp_path, monkeypatch):
+    """The disk fills up while the third checkpoint is saved: the run stops with the step
+    whose write failed, and the checkpoints before it stay intact and restorable."""
+    mount_point = tmp_path / "mnt"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    original, calls = checkpointing.save, []
+
+    def save_then_fill_the_disk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            subprocess.run(
+                ["dd", "if=/dev/zero", f"of={mount_point / 'fill'}", "bs=64k"], capture_output=True
+            )
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(checkpointing, "save", save_then_fill_the_disk)
+    workdir = mount_point / "run"
+    config = tiny_mlp_config(num_epochs=1, checkpoint_every_steps=1, steps_per_dispatch=1)
+    try:
+        with pytest.raises(checkpointing.CheckpointError) as e:
+            train.train_and_evaluate(config, str(workdir))
+        message = str(e.value)
+        assert "No space left on device" in message
+        failed = int(message.split("checkpoint of step ")[1].split()[0])
+        kept = int(message.split("newest intact checkpoint is step ")[1].split(":")[0])
+        assert failed in (2, 3) and kept == failed - 1
+        os.remove(mount_point / "fill")
+        state, _ = final_state(workdir, str(kept))
+        assert int(state.step) == kept
+    finally:  # Lazily: orbax's writer threads may still hold a file there.
+        subprocess.run(["umount", "-l", str(mount_point)], check=True)
