@@ -34,7 +34,7 @@ PADDINGS = ("SAME", "VALID")
 _kernel_init = nn.initializers.glorot_uniform()
 
 
-def _per_layer(value: Any, count: int, name: str) -> tuple[Any, ...]:
+def per_layer(value: Any, count: int, name: str) -> tuple[Any, ...]:
     """Broadcasts a scalar field to `count` layers, or checks a sequence's length."""
     if isinstance(value, (list, tuple)):
         if len(value) != count:
@@ -55,7 +55,7 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         act = ACTIVATIONS[self.activation]
-        rates = _per_layer(self.dropout, len(self.hidden), "dropout")
+        rates = per_layer(self.dropout, len(self.hidden), "dropout")
         x = x.reshape((x.shape[0], -1)).astype(self.dtype)
         for width, rate in zip(self.hidden, rates, strict=True):
             x = act(nn.Dense(width, kernel_init=_kernel_init, dtype=self.dtype)(x))
@@ -93,10 +93,10 @@ class CNN(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         act = ACTIVATIONS[self.activation]
         n_conv = len(self.conv_features)
-        kernels = _per_layer(self.kernel_size, n_conv, "kernel_size")
-        paddings = _per_layer(self.padding, n_conv, "padding")
-        conv_rates = _per_layer(self.conv_dropout, n_conv, "conv_dropout")
-        dense_rates = _per_layer(self.dense_dropout, len(self.dense_features), "dense_dropout")
+        kernels = per_layer(self.kernel_size, n_conv, "kernel_size")
+        paddings = per_layer(self.padding, n_conv, "padding")
+        conv_rates = per_layer(self.conv_dropout, n_conv, "conv_dropout")
+        dense_rates = per_layer(self.dense_dropout, len(self.dense_features), "dense_dropout")
         x = x.astype(self.dtype)
         for feats, k, pad, rate in zip(self.conv_features, kernels, paddings, conv_rates, strict=True):
             x = nn.Conv(

@@ -108,22 +108,28 @@ def test_kill_9_mid_epoch_then_resume_is_bitwise_identical(uninterrupted, tmp_pa
         assert [json.loads(line)["epoch"] for line in f] == [1, 2]
 
 
-def test_sigterm_saves_and_exits_zero_then_resumes(uninterrupted, tmp_path):
-    ref_dir, _ = uninterrupted
-    proc = launch(*cnn3_args(tmp_path))
+def signal_after_first_step(workdir, sig):
+    """Starts the small run, sends `sig` a second after its first step, and checks the
+    preemption contract: exit 0, one 'caught' line, its step saved. Returns that step."""
+    proc = launch(*cnn3_args(workdir))
     for line in proc.stdout:  # Wait until training has started.
         if line.startswith("compiled the train step"):
             break
     time.sleep(1.0)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
-    caught = [line for line in out.splitlines() if line.startswith("caught SIGTERM")]
+    caught = [line for line in out.splitlines() if line.startswith(f"caught {sig.name}")]
     assert len(caught) == 1, out
     step = int(caught[0].split("at step ")[1].split()[0])
     assert 0 < step < 2 * STEPS_PER_EPOCH
-    manager = checkpointing.create_manager(str(tmp_path), create=False)
-    assert manager.latest_step() == step
+    assert checkpointing.create_manager(str(workdir), create=False).latest_step() == step
+    return step
+
+
+def test_sigterm_saves_and_exits_zero_then_resumes(uninterrupted, tmp_path):
+    ref_dir, _ = uninterrupted
+    step = signal_after_first_step(tmp_path, signal.SIGTERM)
 
     resumed = launch(*cnn3_args(tmp_path))
     out, _ = resumed.communicate(timeout=300)
@@ -134,19 +140,7 @@ def test_sigterm_saves_and_exits_zero_then_resumes(uninterrupted, tmp_path):
 
 def test_sigint_saves_and_exits_zero(tmp_path):
     """A first Ctrl-C is a preemption like SIGTERM: save, one line, exit 0."""
-    proc = launch(*cnn3_args(tmp_path))
-    for line in proc.stdout:
-        if line.startswith("compiled the train step"):
-            break
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
-    caught = [line for line in out.splitlines() if line.startswith("caught SIGINT")]
-    assert len(caught) == 1, out
-    step = int(caught[0].split("at step ")[1].split()[0])
-    assert 0 < step < 2 * STEPS_PER_EPOCH
-    assert checkpointing.create_manager(str(tmp_path), create=False).latest_step() == step
+    signal_after_first_step(tmp_path, signal.SIGINT)
     assert not (tmp_path / "results.json").exists()
 
 

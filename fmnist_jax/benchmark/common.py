@@ -103,34 +103,25 @@ class Network:
     num_classes: int = 10
 
 
-def per_layer(value: Any, count: int, name: str) -> tuple[Any, ...]:
-    """One value for all `count` layers, or a sequence of exactly one per layer."""
-    if isinstance(value, (list, tuple)):
-        if len(value) != count:
-            raise ValueError(f"model.{name} has {len(value)} entries for {count} layers")
-        return tuple(value)
-    return (value,) * count
-
-
 def network(config: Any) -> Network:
     """`config.model`'s network, every field resolved (see Network)."""
     from fmnist_jax import models
 
     m = models.create_model(config.model)
     if isinstance(m, models.MLP):
-        dense = zip(m.hidden, per_layer(m.dropout, len(m.hidden), "dropout"), strict=True)
+        dense = zip(m.hidden, models.per_layer(m.dropout, len(m.hidden), "dropout"), strict=True)
         return Network(conv=(), dense=tuple(dense), activation=m.activation, num_classes=m.num_classes)
     if not isinstance(m, models.CNN):
         raise ValueError(f"no Keras or PyTorch counterpart for {type(m).__name__}")
     n = len(m.conv_features)
     conv = zip(
         m.conv_features,
-        per_layer(m.kernel_size, n, "kernel_size"),
-        per_layer(m.padding, n, "padding"),
-        per_layer(m.conv_dropout, n, "conv_dropout"),
+        models.per_layer(m.kernel_size, n, "kernel_size"),
+        models.per_layer(m.padding, n, "padding"),
+        models.per_layer(m.conv_dropout, n, "conv_dropout"),
         strict=True,
     )
-    dense_rates = per_layer(m.dense_dropout, len(m.dense_features), "dense_dropout")
+    dense_rates = models.per_layer(m.dense_dropout, len(m.dense_features), "dense_dropout")
     return Network(
         conv=tuple(ConvBlock(f, k, p.upper(), r) for f, k, p, r in conv),
         dense=tuple(zip(m.dense_features, dense_rates, strict=True)),
