@@ -24,10 +24,6 @@ class ConfigError(ValueError):
     """A config field holds a value the library cannot use; the message names it."""
 
 
-def _as_tuple(value: Any) -> Sequence[Any]:
-    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
-
-
 def _need(config: ml_collections.ConfigDict, ok: bool, field: str, why: str) -> None:
     """Raises ConfigError for `field` (dotted) with its value, unless `ok`."""
     if not ok:
@@ -47,32 +43,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_model(config: ml_collections.ConfigDict) -> None:
-    m = config.model
-    need = functools.partial(_need, config)
-    need(m.name in models.MODELS, "model.name", f"unknown model, expected one of {models.MODELS}")
-    need(
-        m.get("activation", "relu") in models.ACTIVATIONS,
-        "model.activation",
-        f"unknown activation, expected one of {tuple(models.ACTIVATIONS)}",
-    )
-    if m.name == "mlp":
-        need(all(int(w) >= 1 for w in m.hidden), "model.hidden", "widths must be >= 1")
-        rate_fields = ["dropout"]
-    else:
-        need(len(m.conv_features) >= 1, "model.conv_features", "needs at least one conv block")
-        need(all(int(f) >= 1 for f in m.conv_features), "model.conv_features", "must be >= 1")
-        need(
-            all(int(k) >= 1 for k in _as_tuple(m.get("kernel_size", 3))), "model.kernel_size", "must be >= 1"
-        )
-        need(
-            all(str(p).upper() in models.PADDINGS for p in _as_tuple(m.get("padding", "SAME"))),
-            "model.padding",
-            f"expected one of {models.PADDINGS}",
-        )
-        rate_fields = ["conv_dropout", "dense_dropout"]
-    for f in rate_fields:
-        if f in m:
-            need(all(0.0 <= float(r) < 1.0 for r in _as_tuple(m[f])), f"model.{f}", "rates must be in [0, 1)")
+    """config.model's fields, by the checks of its family in models.py."""
+    models.check_model_config(config.model, functools.partial(_need, config))
 
 
 def _check_run(config: ml_collections.ConfigDict) -> None:
@@ -243,8 +215,7 @@ def _missing_field(config: Any, dotted: str) -> str | None:
 def _model_field_hint(config: Any, dotted: str) -> str:
     """For a model field the network takes but the config file does not set: how to set it."""
     parts = dotted.split(".")
-    classes = {"mlp": models.MLP, "cnn": models.CNN}
-    module = classes.get(config.model.get("name")) if "model" in config else None
+    module = models.MODEL_CLASSES.get(config.model.get("name")) if "model" in config else None
     if len(parts) != 2 or parts[0] != "model" or module is None:
         return ""
     if parts[1] not in {f.name for f in dataclasses.fields(module)}:

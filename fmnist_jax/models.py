@@ -28,7 +28,6 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "elu": nn.elu,
     "swish": nn.swish,
 }
-MODELS = ("mlp", "cnn")
 PADDINGS = ("SAME", "VALID")
 
 _kernel_init = nn.initializers.glorot_uniform()
@@ -132,6 +131,57 @@ class CNN(nn.Module):
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+# Each family: its module and the checks of its config fields. A new family is a new
+# entry here (and a config); nothing else in the package knows the architectures.
+MODEL_CLASSES: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN}
+MODELS = tuple(MODEL_CLASSES)
+Need = Callable[[bool, str, str], None]  # need(ok, field, why): reports a field that is not ok.
+
+
+def _values(value: Any) -> tuple[Any, ...]:
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+
+
+def _check_rates(m: ml_collections.ConfigDict, need: Need, fields: Sequence[str]) -> None:
+    for f in fields:
+        if f in m:
+            need(all(0.0 <= float(r) < 1.0 for r in _values(m[f])), f"model.{f}", "rates must be in [0, 1)")
+
+
+def _check_mlp(m: ml_collections.ConfigDict, need: Need) -> None:
+    need(all(int(w) >= 1 for w in m.hidden), "model.hidden", "widths must be >= 1")
+    _check_rates(m, need, ["dropout"])
+
+
+def _check_cnn(m: ml_collections.ConfigDict, need: Need) -> None:
+    need(len(m.conv_features) >= 1, "model.conv_features", "needs at least one conv block")
+    need(all(int(f) >= 1 for f in m.conv_features), "model.conv_features", "must be >= 1")
+    need(all(int(k) >= 1 for k in _values(m.get("kernel_size", 3))), "model.kernel_size", "must be >= 1")
+    need(
+        all(str(p).upper() in PADDINGS for p in _values(m.get("padding", "SAME"))),
+        "model.padding",
+        f"expected one of {PADDINGS}",
+    )
+    _check_rates(m, need, ["conv_dropout", "dense_dropout"])
+
+
+FIELD_CHECKS: dict[str, Callable[[ml_collections.ConfigDict, Need], None]] = {
+    "mlp": _check_mlp,
+    "cnn": _check_cnn,
+}
+
+
+def check_model_config(m: ml_collections.ConfigDict, need: Need) -> None:
+    """Checks config.model: its family, activation, and the family's own fields."""
+    need(m.name in MODELS, "model.name", f"unknown model, expected one of {MODELS}")
+    need(
+        m.get("activation", "relu") in ACTIVATIONS,
+        "model.activation",
+        f"unknown activation, expected one of {tuple(ACTIVATIONS)}",
+    )
+    FIELD_CHECKS[m.name](m, need)
+
+
 def create_model(
     model_config: ml_collections.ConfigDict,
     num_classes: int = 10,
@@ -140,17 +190,18 @@ def create_model(
 ) -> nn.Module:
     """Builds the network that `config.model` describes.
 
-    `axis_name`: see CNN.bn_axis_name; `compute_dtype`: activations and matmuls
-    ('bfloat16' on GPU/TPU), while parameters stay float32.
+    `axis_name`: the pmap axis batch norm averages over (for families that have it);
+    `compute_dtype`: activations and matmuls ('bfloat16' on GPU/TPU), while parameters
+    stay float32.
     """
     fields = dict(model_config)
     name = fields.pop("name")
-    dtype = COMPUTE_DTYPES[compute_dtype]
-    if name == "mlp":
-        return MLP(num_classes=num_classes, dtype=dtype, **fields)
-    if name == "cnn":
-        return CNN(num_classes=num_classes, bn_axis_name=axis_name, dtype=dtype, **fields)
-    raise ValueError(f"model.name={name!r} is not one of {MODELS}")
+    if name not in MODEL_CLASSES:
+        raise ValueError(f"model.name={name!r} is not one of {MODELS}")
+    module = MODEL_CLASSES[name]
+    if "bn_axis_name" in module.__dataclass_fields__:
+        fields["bn_axis_name"] = axis_name
+    return module(num_classes=num_classes, dtype=COMPUTE_DTYPES[compute_dtype], **fields)
 
 
 # Compiler options for the one-off init program on CPU (see init_variables).
