@@ -28,6 +28,7 @@ class PreemptionGuard:
 
     def __init__(self) -> None:
         self.signal_name: str | None = None
+        self.interrupted = False  # A second Ctrl-C came.
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> PreemptionGuard:
@@ -38,11 +39,17 @@ class PreemptionGuard:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signal_name is not None and signum == signal.SIGINT:
+            self.interrupted = True  # Also a flag: Python drops exceptions raised inside gc callbacks.
             raise KeyboardInterrupt  # A second Ctrl-C stops at once.
         self.signal_name = signal.Signals(signum).name
         # os.write, not print: a handler may interrupt a print to the same stream.
         os.write(2, f"{self.signal_name}: saving at the next step boundary, then stopping".encode())
         os.write(2, b" (Ctrl-C again stops at once, without saving)\n")
+
+    def check(self) -> None:
+        """Raises KeyboardInterrupt if a second Ctrl-C came, even one whose exception was lost."""
+        if self.interrupted:
+            raise KeyboardInterrupt
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():

@@ -427,6 +427,7 @@ def stop_requested(run: Run) -> bool:
     """Whether a signal asks the run to stop here. With several processes, any one's
     signal counts and all of them agree at the same step (an all-gather of the flags
     that every process makes at the same points), so all save the same step."""
+    run.guard.check()  # A second Ctrl-C: no save, stop now.
     local = run.guard.signal_name is not None
     if jax.process_count() == 1:
         return local
