@@ -14,6 +14,7 @@ import os
 import platform
 import signal
 import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -30,12 +31,21 @@ class PreemptionGuard:
         self.signal_name: str | None = None
         self.interrupted = False  # A second Ctrl-C came.
         self._previous: dict[int, Any] = {}
+        self._previous_unraisable = sys.unraisablehook
 
     def __enter__(self) -> PreemptionGuard:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)
+            self._previous_unraisable = sys.unraisablehook
+            sys.unraisablehook = self._unraisable
         return self
+
+    def _unraisable(self, info: Any) -> None:
+        """A second Ctrl-C raised where Python cannot raise (a gc callback) is the flag's
+        to report (see check), not a traceback's."""
+        if not (self.interrupted and isinstance(info.exc_value, KeyboardInterrupt)):
+            self._previous_unraisable(info)
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signal_name is not None and signum == signal.SIGINT:
@@ -54,6 +64,8 @@ class PreemptionGuard:
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if self._previous:
+            sys.unraisablehook = self._previous_unraisable
 
 
 def _cpuinfo() -> dict[str, str]:

@@ -187,11 +187,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         run = set_up(config, workdir, guard, t_launch)
         try:
             stopped = train_epochs(run)
-        except BaseException:
+        except BaseException as e:
             # A failed or interrupted run still completes the save in flight (a state checked
             # finite): nothing half-written is left behind, no error from orbax's writer thread.
-            with contextlib.suppress(Exception):  # The first error is the one to report.
-                run.manager.wait_until_finished()
+            # Not with a lost peer: a joint save cannot complete without it.
+            if not parallel.is_lost_peer(e):
+                with contextlib.suppress(Exception):  # The first error is the one to report.
+                    run.manager.wait_until_finished()
             raise
         finish_saving(run)
     return None if stopped else finish(run)
@@ -405,8 +407,11 @@ def save(run: Run, validation_accuracy: float = checkpointing.NOT_EVALUATED) -> 
     if not bool(jax.jit(parallel.all_finite)(single.params)):
         raise FloatingPointError(f"parameters are not finite at step {run.step}; not saving them")
     finish_saving(run)  # A failed earlier write stops the run here, naming its step.
-    checkpointing.save(run.manager, single, run.progress.to_json(), validation_accuracy)
     run.saving_step = run.step
+    try:
+        checkpointing.save(run.manager, single, run.progress.to_json(), validation_accuracy)
+    except Exception as e:
+        raise write_failed(run, e) from e
 
 
 def finish_saving(run: Run) -> None:
@@ -415,12 +420,16 @@ def finish_saving(run: Run) -> None:
     try:
         run.manager.wait_until_finished()
     except Exception as e:
-        run.manager.reload()
-        kept = run.manager.latest_step()
-        raise checkpointing.CheckpointError(
-            f"writing the checkpoint of step {run.saving_step} failed ({str(e).splitlines()[0][:300]}); "
-            f"stopped. The newest intact checkpoint is step {kept}: fix the workdir and rerun to resume"
-        ) from e
+        raise write_failed(run, e) from e
+
+
+def write_failed(run: Run, error: Exception) -> checkpointing.CheckpointError:
+    run.manager.reload()
+    return checkpointing.CheckpointError(
+        f"writing the checkpoint of step {run.saving_step} failed ({str(error).splitlines()[0][:300]}); "
+        f"stopped. The newest intact checkpoint is step {run.manager.latest_step()}: fix the workdir "
+        "and rerun to resume"
+    )
 
 
 def stop_requested(run: Run) -> bool:

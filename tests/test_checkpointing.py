@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -165,7 +166,9 @@ def test_second_sigint_stops_at_once_without_saving(tmp_path):
     assert not (tmp_path / "checkpoints").is_dir() or saved_steps(tmp_path) == []
 
 
-def test_preemption_guard_turns_one_sigint_into_a_flag_and_the_second_into_an_interrupt():
+def test_preemption_guard_turns_one_sigint_into_a_flag_and_the_second_into_an_interrupt(monkeypatch):
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: reported.append(type(info.exc_value)))
     before = signal.getsignal(signal.SIGINT)  # Ignored, where the tests run in the background.
     with runtime.PreemptionGuard() as guard:
         os.kill(os.getpid(), signal.SIGINT)
@@ -174,10 +177,15 @@ def test_preemption_guard_turns_one_sigint_into_a_flag_and_the_second_into_an_in
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.01)
-        # Also a flag the loop checks: Python drops exceptions raised inside gc callbacks.
+        # Also a flag the loop checks: Python drops exceptions raised inside gc callbacks
+        # and reports them as "Exception ignored" tracebacks, which the guard silences.
         with pytest.raises(KeyboardInterrupt):
             guard.check()
+        for error in (KeyboardInterrupt(), ValueError("other")):
+            sys.unraisablehook(SimpleNamespace(exc_type=type(error), exc_value=error, exc_traceback=None))
+    assert reported == [ValueError]  # Only the other one reached the previous hook.
     assert signal.getsignal(signal.SIGINT) is before  # The previous handler is back.
+    assert sys.unraisablehook is not guard._unraisable
 
 
 def test_eval_mode_reproduces_the_final_numbers(uninterrupted):

@@ -155,7 +155,8 @@ def test_a_killed_process_stops_the_other_at_once_and_the_run_resumes(tmp_path):
     assert time.time() - t < parallel.HEARTBEAT_TIMEOUT_SECONDS <= 60
     assert procs[0].returncode == 1, out[-3000:]
     assert out.strip().splitlines()[-1].startswith("error: process 0: lost process 1 of 2 (")
-    assert "rerun every process" in out and "Traceback" not in out
+    # The last line is ours; orbax's writer threads may log their own errors before it.
+    assert out.strip().splitlines()[-1].endswith("rerun every process to resume from it")
     procs[1].wait()
     saved = checkpointing.create_manager(str(tmp_path), create=False).latest_step()
     assert saved is not None and saved >= 40
