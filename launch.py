@@ -109,9 +109,13 @@ def main(argv: list[str]) -> None:
         )
     except ValueError as e:
         raise app.UsageError(str(e)) from e
-    modes = {"predict": predict_mode, "eval": eval_mode}
     try:
-        modes.get(_MODE.value, lambda: training_mode(_MODE.value))()
+        if _MODE.value == "predict":
+            predict_mode()
+        elif _MODE.value == "eval":
+            eval_mode()
+        else:
+            training_mode(_MODE.value)
     except _user_errors() as e:
         sys.exit(f"error: {e}")
     except Exception as e:

@@ -165,9 +165,13 @@ def _closest(name: str, candidates: Sequence[str]) -> str:
     return f"; did you mean {match[0]!r}?" if match else ""
 
 
+def _config_path(argv: Sequence[str]) -> str | None:
+    return next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+
+
 def missing_config_file(argv: Sequence[str]) -> str | None:
     """'--config=PATH: no such file' with the closest config beside it, or None."""
-    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    path = _config_path(argv)
     if path is None or os.path.isfile(path):
         return None
     folder = os.path.dirname(path) or "."
@@ -178,12 +182,9 @@ def missing_config_file(argv: Sequence[str]) -> str | None:
 def explain_flag_error(argv: Sequence[str]) -> str | None:
     """One line naming what a command line asked for that does not exist (a config file,
     a field an override names), with the closest existing name; None if nothing is."""
-    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-    if path is None:
-        return None
-    missing = missing_config_file(argv)
-    if missing:
-        return missing
+    path = _config_path(argv)
+    if path is None or not os.path.isfile(path):
+        return missing_config_file(argv)
     spec = importlib.util.spec_from_file_location("_config_file", path)
     if spec is None or spec.loader is None:
         return None

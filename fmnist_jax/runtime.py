@@ -122,10 +122,15 @@ def machine_description() -> str:
 def git_state(directory: str = ROOT) -> dict[str, Any] | None:
     """{'commit': sha, 'dirty': bool} of the checkout holding this package, or None
     when it is not a git checkout (an installed copy) or git is missing."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=directory, capture_output=True, text=True, timeout=10, check=True
+        ).stdout
+
     try:
-        run = {"cwd": directory, "capture_output": True, "text": True, "timeout": 10, "check": True}
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], **run).stdout.strip()  # type: ignore[call-overload]
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run).stdout  # type: ignore[call-overload]
+        commit = git("rev-parse", "HEAD").strip()
+        status = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return None
     return {"commit": commit, "dirty": bool(status.strip())}

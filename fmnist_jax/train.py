@@ -95,8 +95,19 @@ class Programs:
     """A run's compiled programs: scanned chunks of any length (compiled on first use)
     or the host-fed step, and the evaluation step."""
 
-    def __init__(self, config: ml_collections.ConfigDict, par: parallel.DataParallel, state_shapes: Any):
-        self.config, self.par, self.state_shapes = config, par, state_shapes
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        par: parallel.DataParallel,
+        state_shapes: Any,
+        num_train: int,
+        train_rng: jax.Array,
+    ):
+        self.config, self.par, self.state_shapes, self.train_rng = config, par, state_shapes, train_rng
+        self.data_shapes = (
+            jax.ShapeDtypeStruct((num_train, *input_pipeline.IMAGE_SHAPE), jnp.uint8),
+            jax.ShapeDtypeStruct((num_train,), jnp.int32),
+        )
         self.scanned = scans_steps(par)
         self.train_step = steps.configured_train_step(config, par.axis_name)
         self.eval_step = par.compile_eval_step(steps.configured_eval_step(config))
@@ -104,26 +115,27 @@ class Programs:
         self.compile_seconds: list[float] = []
         self._chunks: dict[int, Callable[..., Any]] = {}
 
-    def chunk(self, num_steps: int, num_train: int, train_rng: jax.Array) -> Callable[..., Any]:
+    def chunk(self, num_steps: int) -> Callable[..., Any]:
         if num_steps not in self._chunks:
             t = time.perf_counter()
-            data_shapes = (
-                jax.ShapeDtypeStruct((num_train, *input_pipeline.IMAGE_SHAPE), jnp.uint8),
-                jax.ShapeDtypeStruct((num_train,), jnp.int32),
-            )
             self._chunks[num_steps] = self.par.compile_train_chunk(
-                self.train_step, self.state_shapes, data_shapes, num_steps, self.config.batch_size, train_rng
+                self.train_step,
+                self.state_shapes,
+                self.data_shapes,
+                num_steps,
+                self.config.batch_size,
+                self.train_rng,
             )
             self.compile_seconds.append(time.perf_counter() - t)
         return self._chunks[num_steps]
 
-    def compile_host_step(self, state: Any, train_rng: jax.Array) -> None:
+    def compile_host_step(self, state: Any) -> None:
         t = time.perf_counter()
         batch_shapes = (
             jax.ShapeDtypeStruct((self.config.batch_size, *input_pipeline.IMAGE_SHAPE), jnp.uint8),
             jax.ShapeDtypeStruct((self.config.batch_size,), jnp.int32),
         )
-        self.host_step = self.par.compile_train_step(self.train_step, state, batch_shapes, train_rng)
+        self.host_step = self.par.compile_train_step(self.train_step, state, batch_shapes, self.train_rng)
         self.compile_seconds.append(time.perf_counter() - t)
 
 
@@ -217,10 +229,13 @@ def set_up(
     # Placed once: resharding it inside every step would add a second program per step.
     train_rng = jax.device_put(train_rng, par.replicated)
     model, make_state = steps.train_state_fn(config, steps_per_epoch, axis_name=par.axis_name)
-    programs = Programs(config, par, jax.eval_shape(make_state, init_rng))
-    first = first_dispatch_length(config, steps_per_epoch)
+    programs = Programs(config, par, jax.eval_shape(make_state, init_rng), num_train, train_rng)
+    # The first dispatch of a fresh run (a resume may start with another length).
+    first = cut_dispatch(
+        config.steps_per_dispatch or PROBE_STEPS, steps_per_epoch, 0, config.checkpoint_every_steps
+    )
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        compiling = pool.submit(programs.chunk, first, num_train, train_rng) if programs.scanned else None
+        compiling = pool.submit(programs.chunk, first) if programs.scanned else None
         state, progress, manager = init_or_restore(config, workdir, make_state(init_rng), par)
         splits = input_pipeline.load_splits(config.data_dir, config.validation_fraction, config.split_seed)
         train = splits["train"]
@@ -229,7 +244,7 @@ def set_up(
             device_data = par.put_dataset((train.images, train.labels.astype(np.int32)))
             compiling.result()
     if not programs.scanned:
-        programs.compile_host_step(state, train_rng)
+        programs.compile_host_step(state)
     num_params = models.count_parameters({"params": state.params, "batch_stats": state.batch_stats})
     is_main = jax.process_index() == 0
     run = Run(
@@ -240,13 +255,6 @@ def set_up(
     )  # fmt: skip
     announce(run, restored=run.step > 0)
     return run
-
-
-def first_dispatch_length(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
-    """The length of the first scanned dispatch of a fresh run."""
-    every = config.checkpoint_every_steps
-    n = config.steps_per_dispatch or PROBE_STEPS
-    return min(n, steps_per_epoch, every) if every > 0 else min(n, steps_per_epoch)
 
 
 def init_or_restore(
@@ -340,11 +348,16 @@ def train_epoch(run: Run, epoch: int) -> EpochSums | None:
 
 
 def dispatch_length(run: Run, pos: int) -> int:
-    """Steps in the next dispatch: the configured or timed length, cut at the epoch's
-    end and at the next mid-epoch checkpoint."""
-    k = min(run.dispatch or PROBE_STEPS, run.steps_per_epoch - pos)
-    every = run.config.checkpoint_every_steps
-    return min(k, every - run.step % every) if every > 0 else k
+    """Steps in the next dispatch: the configured or timed length (the probe's until timed)."""
+    return cut_dispatch(
+        run.dispatch or PROBE_STEPS, run.steps_per_epoch - pos, run.step, run.config.checkpoint_every_steps
+    )
+
+
+def cut_dispatch(length: int, steps_left: int, step: int, every: int) -> int:
+    """`length` steps, cut at the epoch's end and at the next checkpoint every `every` steps."""
+    k = min(length, steps_left)
+    return min(k, every - step % every) if every > 0 else k
 
 
 def dispatch(
@@ -360,7 +373,7 @@ def dispatch(
         batch = run.par.put_batch((train.images[idx], train.labels[idx]))
         run.state, metrics = run.programs.host_step(run.state, batch, run.train_rng)
     else:  # k steps in one program, batches gathered on the device.
-        chunk = run.programs.chunk(k, len(run.splits["train"]), run.train_rng)
+        chunk = run.programs.chunk(k)
         indices = jax.device_put(batches[pos : pos + k], run.par.replicated)
         t = time.perf_counter()
         run.state, metrics = chunk(run.state, run.device_data, indices, run.train_rng)

@@ -92,9 +92,8 @@ TINY = reproduce.Row(
 )
 # `python -m fmnist_jax.reproduce` with the table reduced to the tiny row.
 RUN_TINY = (
-    "import sys; from fmnist_jax import reproduce as r; "
-    f"r.ROWS = (r.Row{tuple(getattr(TINY, f) for f in ('name', 'config', 'seed_reported', 'threshold', 'overrides'))},); "
-    "sys.exit(r.main(sys.argv[1:]))"
+    "import sys; from fmnist_jax import reproduce as r; from fmnist_jax.reproduce import Row; "
+    f"r.ROWS = ({TINY!r},); sys.exit(r.main(sys.argv[1:]))"
 )
 
 
