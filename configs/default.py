@@ -18,6 +18,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.split_seed = 0  # Seeds the train/validation carve, independent of `seed`.
     config.normalize = True  # Pixels / 255; False keeps raw 0-255 (seed 001, model 1).
     config.augment_flip = False  # Random horizontal flips of training images.
+    # On the device, inside the train step; every draw a function of (seed, step).
+    # alternate_flip: a random half of the training images mirrored once, then every
+    # image mirrored on odd epochs (each seen both ways in turn; not with augment_flip).
+    config.alternate_flip = False
+    config.augment_translate = 0  # Random shifts of up to this many pixels (0: off).
+    config.augment_cutout = 0  # A zeroed square of this side at a random place (0: off).
+    # Test-time augmentation in the final evaluation and --mode=eval: logits averaged
+    # over "none" (1 view), "flip" (2) or "flip_translate" (6: also +-tta_shift pixels).
+    config.tta = "none"
+    config.tta_shift = 1
 
     # Data parallelism over all devices: "jit" (sharded over a mesh) or "pmap".
     config.parallelism = "jit"
@@ -41,12 +51,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.adam_b1 = 0.9
     config.adam_b2 = 0.999
     config.adam_eps = 1e-7  # Keras's Adam epsilon.
-    config.weight_decay = 0.0  # Used by adamw only.
+    config.weight_decay = 0.0  # adamw and sgd: decoupled (not through momentum), times the rate.
     config.momentum = 0.9  # Used by sgd only.
     config.nesterov = False  # Used by sgd only.
     config.label_smoothing = 0.0
+    # An exponential moving average of the weights (0: off), updated every step with
+    # decay min(ema_decay, (1 + step) / (10 + step)); evaluated and checkpointed.
+    config.ema_decay = 0.0
 
-    # Learning-rate schedule: constant | exponential | cosine | warmup_cosine | one_cycle.
+    # Learning-rate schedule: constant | exponential | cosine | warmup_cosine | one_cycle
+    # | warmup_linear (linear rise over warmup_epochs, then linear decay to final_lr_fraction).
     config.schedule = "constant"
     config.warmup_epochs = 0.0  # warmup_cosine: linear warmup; one_cycle: rising phase.
     config.final_lr_fraction = 0.0  # cosine, warmup_cosine: final rate / peak rate.

@@ -171,6 +171,10 @@ def best_of_n(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     n = config.best_of_n
     if n < 1:
         raise ConfigError(f"config.best_of_n={n}: must be >= 1")
+    if config.alternate_flip:
+        raise ConfigError(
+            "config.alternate_flip=True: best_of_n trains on per-model carves; use augment_flip"
+        )
     say = lambda s: print(s, flush=True)  # noqa: E731
     runtime.prepare_workdir(workdir)
     t_launch = time.perf_counter()

@@ -13,11 +13,11 @@ from typing import Any
 
 import ml_collections
 
-from fmnist_jax import input_pipeline, models
+from fmnist_jax import augment, input_pipeline, models
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 PARALLELISM = ("jit", "pmap")
-SCHEDULES = ("constant", "exponential", "cosine", "warmup_cosine", "one_cycle")
+SCHEDULES = ("constant", "exponential", "cosine", "warmup_cosine", "one_cycle", "warmup_linear")
 
 
 class ConfigError(ValueError):
@@ -38,6 +38,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_model(config)
     _check_run(config)
     _check_optimisation(config)
+    _check_augmentation(config)
     num_train = input_pipeline.num_train_examples(config.validation_fraction)
     _need(config, config.batch_size <= num_train, "batch_size", f"exceeds the {num_train} training examples")
 
@@ -75,6 +76,20 @@ def _check_run(config: ml_collections.ConfigDict) -> None:
     )
 
 
+def _check_augmentation(config: ml_collections.ConfigDict) -> None:
+    """Training and test-time augmentation."""
+    need = functools.partial(_need, config)
+    need(
+        not (config.alternate_flip and config.augment_flip),
+        "alternate_flip",
+        "is a flip scheme of its own: set augment_flip=False",
+    )
+    need(0 <= config.augment_translate <= 14, "augment_translate", "must be in [0, 14] pixels")
+    need(0 <= config.augment_cutout <= 28, "augment_cutout", "must be in [0, 28] pixels")
+    need(config.tta in augment.TTA_MODES, "tta", f"expected one of {augment.TTA_MODES}")
+    need(0 <= config.tta_shift <= 14, "tta_shift", "must be in [0, 14] pixels")
+
+
 def _check_optimisation(config: ml_collections.ConfigDict) -> None:
     """Optimizer, schedule and the learning-rate range test."""
     need = functools.partial(_need, config)
@@ -83,6 +98,7 @@ def _check_optimisation(config: ml_collections.ConfigDict) -> None:
     need(config.num_epochs >= 1, "num_epochs", "must be >= 1")
     need(config.learning_rate > 0, "learning_rate", "must be > 0")
     need(config.weight_decay >= 0, "weight_decay", "must be >= 0")
+    need(0.0 <= config.ema_decay < 1.0, "ema_decay", "must be in [0, 1) (0: off)")
     need(0.0 <= config.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
     need(config.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
     need(0.0 <= config.final_lr_fraction <= 1.0, "final_lr_fraction", "must be in [0, 1]")

@@ -10,6 +10,7 @@ decreases the loss well, with a margin for the rest of training).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -22,7 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from fmnist_jax import input_pipeline, optim, runtime, steps
+from fmnist_jax import augment, input_pipeline, optim, runtime, steps
 from fmnist_jax.configuration import validate_config
 
 SMOOTHING = 0.9  # Exponential moving average of the per-step loss (bias-corrected).
@@ -70,6 +71,8 @@ def find_learning_rate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             normalize=config.normalize,
             augment_flip=config.augment_flip,
             label_smoothing=config.label_smoothing,
+            # Translations and cutout as in training; no epochs here to alternate flips over.
+            augmentation=dataclasses.replace(augment.from_config(config, 1), alternate_flip=False),
         )
     )
     losses: list[float] = []

@@ -29,13 +29,18 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
         return optax.warmup_cosine_decay_schedule(
             0.0, lr, warmup, total, end_value=lr * config.final_lr_fraction
         )
+    if config.schedule == "warmup_linear":
+        end = lr * config.final_lr_fraction
+        pieces = [optax.linear_schedule(0.0, lr, warmup), optax.linear_schedule(lr, end, total - warmup)]
+        return optax.join_schedules(pieces, [warmup])
     if config.schedule == "one_cycle":
         return optax.cosine_onecycle_schedule(total, lr, pct_start=warmup / total)
     raise ValueError(f"config.schedule={config.schedule!r} is unknown")
 
 
 def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
-    """Adam (default), AdamW or SGD with momentum, driven by the configured schedule."""
+    """Adam (default), AdamW or SGD with (Nesterov) momentum and decoupled weight
+    decay, driven by the configured schedule."""
     return make_optimizer(config, learning_rate_schedule(config, steps_per_epoch))
 
 
@@ -52,6 +57,13 @@ def make_optimizer(
             b2=config.adam_b2,
             eps=config.adam_eps,
             weight_decay=config.weight_decay,
+        )
+    if config.optimizer == "sgd" and config.weight_decay:
+        # Decoupled: the decay is added after momentum, so it does not accumulate in it.
+        return optax.chain(
+            optax.trace(decay=config.momentum, nesterov=config.nesterov),
+            optax.add_decayed_weights(config.weight_decay),
+            optax.scale_by_learning_rate(learning_rate),
         )
     if config.optimizer == "sgd":
         return optax.sgd(learning_rate, momentum=config.momentum, nesterov=config.nesterov)

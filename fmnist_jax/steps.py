@@ -19,15 +19,17 @@ import ml_collections
 import optax
 from flax.training import train_state
 
-from fmnist_jax import NUM_CLASSES, models, optim
+from fmnist_jax import NUM_CLASSES, augment, models, optim
 
 Metrics = dict[str, jax.Array]
 
 
 class TrainState(train_state.TrainState):
-    """Params and optimizer state (from flax) plus batch-norm statistics."""
+    """Params and optimizer state (from flax) plus batch-norm statistics and, with
+    `config.ema_decay`, a moving average of the params (what evaluation uses)."""
 
     batch_stats: Any = None
+    ema_params: Any = None
 
 
 def train_state_fn(
@@ -51,6 +53,10 @@ def train_state_fn(
             params=variables["params"],
             tx=tx,
             batch_stats=variables.get("batch_stats", {}),
+            # A copy: the train step donates the state, and a buffer cannot be donated twice.
+            ema_params=jax.tree_util.tree_map(jnp.copy, variables["params"])
+            if config.get("ema_decay", 0.0)
+            else None,
         )
         # A strongly typed step: the same program before and after a restore.
         return state.replace(step=jnp.zeros((), jnp.int32))
@@ -72,6 +78,20 @@ def preprocess(images: jax.Array, normalize: bool) -> jax.Array:
     return x / 255.0 if normalize else x
 
 
+def eval_params(state: TrainState) -> Any:
+    """The params evaluation uses: the moving average when the run keeps one."""
+    return state.params if state.ema_params is None else state.ema_params
+
+
+def update_ema(state: TrainState, decay: float) -> TrainState:
+    """The moving average one step on: decay min(`decay`, (1 + t) / (10 + t)) at step
+    t (the state's step after the update), so early steps weigh more."""
+    t = state.step.astype(jnp.float32)
+    d = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+    ema = optax.incremental_update(state.params, state.ema_params, 1.0 - d)
+    return state.replace(ema_params=ema)
+
+
 def model_variables(state: TrainState, params: Any) -> dict[str, Any]:
     """The variables `apply_fn` takes: `params`, with the state's batch statistics if any."""
     if state.batch_stats:
@@ -88,12 +108,16 @@ def train_step(
     augment_flip: bool = False,
     label_smoothing: float = 0.0,
     axis_name: str | None = None,
+    augmentation: augment.Augment = augment.NONE,
+    ema_decay: float = 0.0,
 ) -> tuple[TrainState, Metrics]:
     """One optimizer step on a batch of (uint8 images, int labels).
 
     Dropout and augmentation draw from `rng` folded with the step number, so a
     step's randomness depends only on (rng, step). Under `jax.pmap`, `axis_name`
     names the device axis: gradients and metrics are averaged over it.
+    `augmentation`: translations, cutout, alternating flips (after `augment_flip`);
+    `ema_decay` > 0 updates the state's moving average of the params.
     """
     images, labels = batch
     step_rng = jax.random.fold_in(rng, state.step)
@@ -102,8 +126,9 @@ def train_step(
     dropout_rng, flip_rng = jax.random.split(step_rng)
     x = preprocess(images, normalize)
     if augment_flip:
-        flip = jax.random.bernoulli(flip_rng, 0.5, (x.shape[0], 1, 1, 1))
-        x = jnp.where(flip, x[:, :, ::-1, :], x)
+        x = augment.random_flip(x, flip_rng)
+    if augmentation.active:
+        x = augmentation(x, jax.random.fold_in(step_rng, 2), state.step)
     targets = optax.smooth_labels(jax.nn.one_hot(labels, NUM_CLASSES), label_smoothing)
 
     def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
@@ -122,6 +147,8 @@ def train_step(
     if axis_name is not None:
         grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
     state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
+    if ema_decay:
+        state = update_ema(state, ema_decay)
     return state, metrics
 
 
@@ -133,7 +160,9 @@ def eval_step(
 ) -> Metrics:
     """Summed loss and the confusion matrix of one padded batch; mask 0 marks padding."""
     images, labels, mask = batch
-    logits = state.apply_fn(model_variables(state, state.params), preprocess(images, normalize), train=False)
+    logits = state.apply_fn(
+        model_variables(state, eval_params(state)), preprocess(images, normalize), train=False
+    )
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     predicted = jnp.argmax(logits, -1)
     confusion = jnp.einsum(
@@ -146,15 +175,20 @@ def eval_step(
 
 
 def configured_train_step(
-    config: ml_collections.ConfigDict, axis_name: str | None = None
+    config: ml_collections.ConfigDict, axis_name: str | None = None, steps_per_epoch: int = 0
 ) -> Callable[[TrainState, tuple[jax.Array, jax.Array], jax.Array], tuple[TrainState, Metrics]]:
-    """`train_step` with the config's data and loss options bound."""
+    """`train_step` with the config's data, augmentation and loss options bound
+    (`steps_per_epoch`: where epochs start, for `config.alternate_flip`)."""
+    if config.get("alternate_flip", False) and steps_per_epoch < 1:
+        raise ValueError("alternate_flip needs the steps per epoch")
     return functools.partial(
         train_step,
         normalize=config.normalize,
         augment_flip=config.augment_flip,
         label_smoothing=config.label_smoothing,
         axis_name=axis_name,
+        augmentation=augment.from_config(config, steps_per_epoch),
+        ema_decay=float(config.get("ema_decay", 0.0)),
     )
 
 

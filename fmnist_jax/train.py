@@ -27,6 +27,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from fmnist_jax import (
+    augment,
     checkpointing,
     evaluate,
     input_pipeline,
@@ -109,7 +110,7 @@ class Programs:
             jax.ShapeDtypeStruct((num_train,), jnp.int32),
         )
         self.scanned = scans_steps(par)
-        self.train_step = steps.configured_train_step(config, par.axis_name)
+        self.train_step = steps.configured_train_step(config, par.axis_name, num_train // config.batch_size)
         self.eval_step = par.compile_eval_step(steps.configured_eval_step(config))
         self.host_step: Callable[..., Any] | None = None
         self.compile_seconds: list[float] = []
@@ -238,7 +239,7 @@ def set_up(
         compiling = pool.submit(programs.chunk, first) if programs.scanned else None
         state, progress, manager = init_or_restore(config, workdir, make_state(init_rng), par)
         splits = input_pipeline.load_splits(config.data_dir, config.validation_fraction, config.split_seed)
-        train = splits["train"]
+        train = splits["train"] = augment.training_split(config, splits["train"])
         device_data = None
         if compiling is not None:
             device_data = par.put_dataset((train.images, train.labels.astype(np.int32)))
