@@ -128,12 +128,114 @@ class CNN(nn.Module):
         return logits.astype(jnp.float32)  # The loss and softmax in float32.
 
 
+class ResNet(nn.Module):
+    """Residual networks from fields: a stem, stages of residual blocks, global pooling, Dense.
+
+    `block` says what a stage is:
+      - "pool" (airbench-style, all convolutions stride 1): conv -> 2x2 max pool -> BN ->
+        activation, then `stage_blocks` residual pairs x + act(BN(conv(act(BN(conv(x)))))).
+      - "basic" (ResNet v1, e.g. ResNet-18): blocks act(BN(conv(act(BN(conv(x))))) + shortcut),
+        the first block of every stage after the first with stride 2; the shortcut is a
+        strided 1x1 conv + BN where the shape changes.
+      - "preact" (Wide-ResNet): blocks conv(act(BN(conv(act(BN(x)))))) + shortcut, with
+        `dropout` between the two convolutions, and a final BN + activation.
+    `stem_features`: a first conv (+BN + activation, except for "preact") of this width
+    (0: none). Convolutions have no bias (BN follows). `bn_scale=False` freezes BN's
+    scale at 1. `head_scale` multiplies the logits.
+    """
+
+    stage_features: Sequence[int]
+    stage_blocks: int | Sequence[int] = 1
+    block: str = "pool"
+    stem_features: int = 0
+    kernel_size: int = 3
+    head_pool: str = "max"
+    head_scale: float = 1.0
+    dropout: float = 0.0
+    num_classes: int = 10
+    activation: str = "relu"
+    bn_momentum: float = 0.99
+    bn_epsilon: float = 1e-3
+    bn_scale: bool = True
+    bn_axis_name: str | None = None  # pmap axis to average batch statistics over.
+    dtype: Any = jnp.float32  # Compute dtype; parameters and BN statistics stay float32.
+    pool_op: str = "maxima"  # ops.POOL_OPS
+    conv_op: str = "custom"  # ops.CONV_OPS
+
+    def conv(self, features: int, x: jax.Array, kernel: int | None = None, stride: int = 1) -> jax.Array:
+        k = kernel or self.kernel_size
+        return nn.Conv(
+            features, (k, k), strides=stride, padding="SAME", use_bias=False, kernel_init=_kernel_init,
+            dtype=self.dtype, conv_general_dilated=ops.CONV_OPS[self.conv_op],
+        )(x)  # fmt: skip
+
+    def bn(self, x: jax.Array, train: bool) -> jax.Array:
+        return nn.BatchNorm(
+            use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+            use_scale=self.bn_scale, axis_name=self.bn_axis_name if train else None, dtype=self.dtype,
+        )(x)  # fmt: skip
+
+    def act(self, x: jax.Array) -> jax.Array:
+        return ACTIVATIONS[self.activation](x)
+
+    def pool_stage(self, x: jax.Array, features: int, blocks: int, train: bool) -> jax.Array:
+        x = self.act(self.bn(ops.POOL_OPS[self.pool_op](self.conv(features, x)), train))
+        for _ in range(blocks):
+            y = self.act(self.bn(self.conv(features, x), train))
+            x = x + self.act(self.bn(self.conv(features, y), train))
+        return x
+
+    def basic_block(self, x: jax.Array, features: int, stride: int, train: bool) -> jax.Array:
+        y = self.act(self.bn(self.conv(features, x, stride=stride), train))
+        y = self.bn(self.conv(features, y), train)
+        if stride != 1 or x.shape[-1] != features:
+            x = self.bn(self.conv(features, x, kernel=1, stride=stride), train)
+        return self.act(y + x)
+
+    def preact_block(self, x: jax.Array, features: int, stride: int, train: bool) -> jax.Array:
+        o = self.act(self.bn(x, train))
+        y = self.act(self.bn(self.conv(features, o, stride=stride), train))
+        if self.dropout:
+            y = nn.Dropout(self.dropout, deterministic=not train)(y)
+        y = self.conv(features, y)
+        if stride != 1 or x.shape[-1] != features:
+            x = self.conv(features, o, kernel=1, stride=stride)
+        return y + x
+
+    def stages(self, x: jax.Array, train: bool) -> jax.Array:
+        blocks = per_layer(self.stage_blocks, len(self.stage_features), "stage_blocks")
+        for i, (features, n) in enumerate(zip(self.stage_features, blocks, strict=True)):
+            if self.block == "pool":
+                x = self.pool_stage(x, features, n, train)
+                continue
+            block = self.basic_block if self.block == "basic" else self.preact_block
+            for j in range(n):
+                x = block(x, features, 2 if i > 0 and j == 0 else 1, train)
+        return x
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = x.astype(self.dtype)
+        if self.stem_features:
+            x = self.conv(self.stem_features, x)
+            if self.block != "preact":
+                x = self.act(self.bn(x, train))
+        x = self.stages(x, train)
+        if self.block == "preact":
+            x = self.act(self.bn(x, train))
+        x = x.max(axis=(1, 2)) if self.head_pool == "max" else x.mean(axis=(1, 2))
+        logits = nn.Dense(self.num_classes, kernel_init=_kernel_init, dtype=self.dtype)(x)
+        return logits.astype(jnp.float32) * self.head_scale
+
+
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 # Each family: its module and the checks of its config fields. A new family is a new
 # entry here (and a config); nothing else in the package knows the architectures.
-MODEL_CLASSES: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN}
+MODEL_CLASSES: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN, "resnet": ResNet}
+RESNET_BLOCKS = ("pool", "basic", "preact")
+HEAD_POOLS = ("max", "avg")
 MODELS = tuple(MODEL_CLASSES)
 Need = Callable[[bool, str, str], None]  # need(ok, field, why): reports a field that is not ok.
 
@@ -165,9 +267,23 @@ def _check_cnn(m: ml_collections.ConfigDict, need: Need) -> None:
     _check_rates(m, need, ["conv_dropout", "dense_dropout"])
 
 
+def _check_resnet(m: ml_collections.ConfigDict, need: Need) -> None:
+    need(len(m.stage_features) >= 1, "model.stage_features", "needs at least one stage")
+    need(all(int(f) >= 1 for f in m.stage_features), "model.stage_features", "must be >= 1")
+    blocks = _values(m.get("stage_blocks", 1))
+    need(len(blocks) in (1, len(m.stage_features)), "model.stage_blocks", "one value, or one per stage")
+    need(all(int(b) >= 0 for b in blocks), "model.stage_blocks", "must be >= 0")
+    need(m.get("block", "pool") in RESNET_BLOCKS, "model.block", f"expected one of {RESNET_BLOCKS}")
+    need(m.get("head_pool", "max") in HEAD_POOLS, "model.head_pool", f"expected one of {HEAD_POOLS}")
+    need(int(m.get("stem_features", 0)) >= 0, "model.stem_features", "must be >= 0 (0: no stem)")
+    need(int(m.get("kernel_size", 3)) >= 1, "model.kernel_size", "must be >= 1")
+    _check_rates(m, need, ["dropout"])
+
+
 FIELD_CHECKS: dict[str, Callable[[ml_collections.ConfigDict, Need], None]] = {
     "mlp": _check_mlp,
     "cnn": _check_cnn,
+    "resnet": _check_resnet,
 }
 
 

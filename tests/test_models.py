@@ -33,6 +33,59 @@ def test_parameter_count_equals_keras(name):
     assert models.count_parameters(variables) == KERAS_PARAMS[name]
 
 
+def _trainable_and_statistics(model_fields, image_shape):
+    model = models.create_model(ml_collections.ConfigDict(model_fields))
+    variables = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0), image_shape))
+    return models.count_parameters(variables["params"]), models.count_parameters(variables["batch_stats"])
+
+
+RESNET18 = {"name": "resnet", "block": "basic", "stem_features": 64, "stage_features": (64, 128, 256, 512),
+            "stage_blocks": 2, "head_pool": "avg"}  # fmt: skip
+WRN_16_4 = {"name": "resnet", "block": "preact", "stem_features": 16, "stage_features": (64, 128, 256),
+            "stage_blocks": 2, "head_pool": "avg"}  # fmt: skip
+
+
+def test_resnet18_and_wrn_16_4_have_their_published_parameter_counts():
+    """On CIFAR's 32x32x3 images, ResNet-18 (CIFAR stem) has 11,173,962 trainable
+    parameters and WRN-16-4 2,748,890, as their reference implementations print.
+    On Fashion-MNIST's one channel the 3x3 stem loses 9 * 2 * its width."""
+    assert _trainable_and_statistics(RESNET18, (32, 32, 3))[0] == 11_173_962
+    assert _trainable_and_statistics(WRN_16_4, (32, 32, 3))[0] == 2_748_890
+    bn_channels_r18 = 64 + 2 * 2 * (64 + 128 + 256 + 512) + 128 + 256 + 512  # Stem, blocks, shortcuts.
+    assert _trainable_and_statistics(RESNET18, (28, 28, 1)) == (11_173_962 - 9 * 2 * 64, 2 * bn_channels_r18)
+    # Two per block, the first on the block's input (the previous width), and the final one.
+    bn_channels_wrn = (16 + 3 * 64) + (64 + 3 * 128) + (128 + 3 * 256) + 256
+    assert _trainable_and_statistics(WRN_16_4, (28, 28, 1)) == (2_748_890 - 9 * 2 * 16, 2 * bn_channels_wrn)
+
+
+def test_airbench_style_parameter_count_by_hand():
+    """Stem 24, stages 64/256/256 of conv -> pool -> BN -> act + one residual pair; BN
+    with a frozen scale (bias only), convolutions without bias, Dense head."""
+    fields = {"name": "resnet", "block": "pool", "stem_features": 24, "stage_features": (64, 256, 256),
+              "stage_blocks": 1, "bn_scale": False}  # fmt: skip
+    convs = 9 * (1 * 24 + 24 * 64 + 2 * 64 * 64 + 64 * 256 + 2 * 256 * 256 + 256 * 256 + 2 * 256 * 256)
+    bn = 24 + 3 * (64 + 256 + 256)  # One per conv.
+    assert _trainable_and_statistics(fields, (28, 28, 1)) == (convs + bn + 256 * 10 + 10, 2 * bn)
+
+
+@pytest.mark.parametrize("block", ["pool", "basic", "preact"])
+def test_resnet_logits_shape_and_training_mode(block):
+    fields = {"name": "resnet", "block": block, "stem_features": 8, "stage_features": (8, 16), "dropout": 0.3}
+    model = models.create_model(ml_collections.ConfigDict(fields))
+    variables = models.init_variables(model, jax.random.PRNGKey(0))
+    x = jax.random.uniform(jax.random.PRNGKey(1), (4, 28, 28, 1))
+    out = model.apply(variables, x, train=False)
+    assert out.shape == (4, 10) and out.dtype == jnp.float32
+    trained, updates = model.apply(
+        variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)}, mutable=["batch_stats"]
+    )
+    assert not np.allclose(np.asarray(trained), np.asarray(out))
+    moved = jax.tree_util.tree_map(
+        lambda a, b: bool(np.any(a != b)), updates["batch_stats"], variables["batch_stats"]
+    )
+    assert all(jax.tree_util.tree_leaves(moved))  # Every BN's statistics train.
+
+
 def test_readme_parameter_table_is_the_pinned_counts():
     """README's table of seed models quotes these counts (and says this file pins them)."""
     with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")) as f:
