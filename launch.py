@@ -2,6 +2,7 @@
 
     python launch.py --config=configs/cnn4.py [--workdir=runs/cnn4] [--config.num_epochs=3]
     python launch.py --mode=eval --workdir=runs/cnn4 [--checkpoint=best|latest|STEP]
+    python launch.py --mode=ensemble --workdir=runs/a --workdir=runs/b [--output=runs/ensemble.json]
     python launch.py --mode=lr_find --config=configs/mlp_4x2.py [--workdir=runs/lr_find]
     python launch.py --mode=predict --workdir=runs/cnn4 --image=a.png [--image=b.jpg ...]
     python launch.py --mode=best_of_n --config=configs/cnn2_dropout.py [--config.best_of_n=4]
@@ -27,13 +28,19 @@ _CONFIG = config_flags.DEFINE_config_file(
 _MODE = flags.DEFINE_enum(
     "mode",
     "train",
-    ["train", "eval", "lr_find", "predict", "best_of_n"],
+    ["train", "eval", "lr_find", "predict", "best_of_n", "ensemble"],
     "train (or resume); eval a checkpoint; lr_find: learning-rate range test; predict --image files; "
-    "best_of_n: config.best_of_n models on different validation carves at once, keep the best.",
+    "best_of_n: config.best_of_n models on different validation carves at once, keep the best; "
+    "ensemble: eval the mean of the logits of several --workdir runs.",
 )
 _IMAGES = flags.DEFINE_multi_string("image", [], "predict: an image file (repeat for several).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (train default: runs/<config name>).")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "eval: 'best', 'latest' or a step number.")
+_WORKDIR = flags.DEFINE_multi_string(
+    "workdir", [], "Output directory (train default: runs/<config name>); ensemble: repeat for each member."
+)
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", "best", "eval, predict, ensemble: 'best', 'latest' or a step number."
+)
+_OUTPUT = flags.DEFINE_string("output", "runs/ensemble.json", "ensemble: where its report (JSON) goes.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Join a multi-process run, detected by JAX (TPU VMs, SLURM, Open MPI)."
 )
@@ -55,23 +62,40 @@ def _user_errors() -> tuple[type[Exception], ...]:
     )
 
 
+def single_workdir() -> str | None:
+    """The --workdir of every mode but ensemble, which alone takes several."""
+    if len(_WORKDIR.value) > 1:
+        raise app.UsageError(
+            f"--workdir given {len(_WORKDIR.value)} times: only --mode=ensemble takes several"
+        )
+    return _WORKDIR.value[0] if _WORKDIR.value else None
+
+
 def predict_mode() -> None:
-    if not _WORKDIR.value or not _IMAGES.value:
+    workdir = single_workdir()
+    if not workdir or not _IMAGES.value:
         raise app.UsageError("--mode=predict needs --workdir (a training run) and at least one --image")
     from fmnist_jax import predict
 
-    results = predict.predict_files(_WORKDIR.value, _IMAGES.value, _CHECKPOINT.value)
+    results = predict.predict_files(workdir, _IMAGES.value, _CHECKPOINT.value)
     print(predict.format_results(results))
     if any("error" in r for r in results):
         sys.exit(1)
 
 
 def eval_mode() -> None:
-    if not _WORKDIR.value:
+    workdir = single_workdir()
+    if not workdir:
         raise app.UsageError("--mode=eval needs --workdir (the training run's directory)")
     from fmnist_jax import evaluate
 
-    evaluate.evaluate_checkpoint(_WORKDIR.value, _CHECKPOINT.value)
+    evaluate.evaluate_checkpoint(workdir, _CHECKPOINT.value)
+
+
+def ensemble_mode() -> None:
+    from fmnist_jax import ensemble
+
+    ensemble.evaluate_ensemble(_WORKDIR.value, _CHECKPOINT.value, _OUTPUT.value)
 
 
 def training_mode(mode: str) -> None:
@@ -81,7 +105,7 @@ def training_mode(mode: str) -> None:
         raise app.UsageError("--config is required for training, e.g. --config=configs/cnn4.py")
     configuration.validate_config(config)  # Before the heavy imports: bad input fails fast.
     name = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])))[0]
-    workdir = _WORKDIR.value or os.path.join("runs", name)
+    workdir = single_workdir() or os.path.join("runs", name)
     if mode == "best_of_n":
         from fmnist_jax import best_of_n
 
@@ -94,6 +118,18 @@ def training_mode(mode: str) -> None:
         from fmnist_jax import train
 
         train.train_and_evaluate(config, workdir)
+
+
+def run_mode(mode: str) -> None:
+    """Hands --mode over to the library."""
+    if mode == "predict":
+        predict_mode()
+    elif mode == "eval":
+        eval_mode()
+    elif mode == "ensemble":
+        ensemble_mode()
+    else:
+        training_mode(mode)
 
 
 def main(argv: list[str]) -> None:
@@ -110,12 +146,7 @@ def main(argv: list[str]) -> None:
     except ValueError as e:
         raise app.UsageError(str(e)) from e
     try:
-        if _MODE.value == "predict":
-            predict_mode()
-        elif _MODE.value == "eval":
-            eval_mode()
-        else:
-            training_mode(_MODE.value)
+        run_mode(_MODE.value)
     except _user_errors() as e:
         sys.exit(f"error: {e}")
     except Exception as e:

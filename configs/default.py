@@ -24,8 +24,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.alternate_flip = False
     config.augment_translate = 0  # Random shifts of up to this many pixels (0: off).
     config.augment_cutout = 0  # A zeroed square of this side at a random place (0: off).
-    # Test-time augmentation in the final evaluation and --mode=eval: logits averaged
-    # over "none" (1 view), "flip" (2) or "flip_translate" (6: also +-tta_shift pixels).
+    # Test-time augmentation in every evaluation (each epoch's validation, the final test,
+    # --mode=eval, ensemble members): logits averaged over "none" (1 view), "flip" (2)
+    # or "flip_translate" (6: also shifted by -tta_shift and +tta_shift pixels both ways).
     config.tta = "none"
     config.tta_shift = 1
 

@@ -78,7 +78,7 @@ class Augment:
     translate: int = 0
     cutout: int = 0
 
-    def __call__(self, x: jax.Array, rng: jax.Array, step: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, rng: jax.Array, step: jax.Array | int) -> jax.Array:
         translate_rng, cutout_rng = jax.random.split(rng)
         if self.alternate_flip:
             odd_epoch = (step // self.steps_per_epoch) % 2 == 1

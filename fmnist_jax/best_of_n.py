@@ -80,7 +80,7 @@ def _evaluator(config: ml_collections.ConfigDict) -> Callable[..., Any]:
         images, labels = data
 
         def one(state: Any, rows: jax.Array, m: jax.Array) -> Any:
-            return steps.eval_step(state, (images[rows], labels[rows], m), normalize=config.normalize)
+            return steps.eval_step(state, (images[rows], labels[rows], m), **steps.eval_options(config))
 
         return jax.vmap(one)(states, idx, mask)
 

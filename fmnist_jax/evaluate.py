@@ -69,20 +69,29 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
+def restore_checkpoint(
+    workdir: str, config: ml_collections.ConfigDict, which: str, par: parallel.DataParallel
+) -> tuple[TrainState, int]:
+    """The state and step of checkpoint `which` ('best', 'latest' or a step) of the
+    training run in `workdir` (its saved `config`), replicated over `par`'s devices."""
+    if not os.path.isdir(checkpointing.checkpoint_dir(workdir)):
+        raise checkpointing.CheckpointError(f"no checkpoints in {checkpointing.checkpoint_dir(workdir)}")
+    manager = checkpointing.create_manager(workdir, create=False)
+    step = checkpointing.select_step(manager, which)
+    _, template = steps.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=1)
+    state, _ = checkpointing.restore(manager, step, template, par.replicated)
+    return state, step
+
+
 def evaluate_checkpoint(workdir: str, which: str = "best") -> dict[str, Any]:
     """Restores checkpoint `which` ('best', 'latest' or a step) onto this process's
     devices, evaluates validation and test, and writes `workdir/eval_<step>.json`."""
     config = load_workdir_config(workdir)
     # Workdirs written before the field existed use the default.
     runtime.enable_compilation_cache(config.get("compilation_cache", "auto"))
-    if not os.path.isdir(checkpointing.checkpoint_dir(workdir)):
-        raise checkpointing.CheckpointError(f"no checkpoints in {checkpointing.checkpoint_dir(workdir)}")
-    manager = checkpointing.create_manager(workdir, create=False)
-    step = checkpointing.select_step(manager, which)
-    splits = input_pipeline.load_splits(config.data_dir, config.validation_fraction, config.split_seed)
     par = parallel.DataParallel("jit")  # Whatever devices this process has.
-    _, template = steps.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=1)
-    state, _ = checkpointing.restore(manager, step, template, par.replicated)
+    state, step = restore_checkpoint(workdir, config, which, par)
+    splits = input_pipeline.load_splits(config.data_dir, config.validation_fraction, config.split_seed)
     eval_fn = par.compile_eval_step(steps.configured_eval_step(config))
     report = {
         "config": config.name,

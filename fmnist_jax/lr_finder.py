@@ -63,18 +63,7 @@ def find_learning_rate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         learning_rate=float(rates[0])
     )
     state = state.replace(tx=tx, opt_state=tx.init(state.params))
-    step_fn = jax.jit(
-        lambda state, batch, rng, lr: steps.train_step(
-            state.replace(opt_state=_with_rate(state.opt_state, lr)),
-            batch,
-            rng,
-            normalize=config.normalize,
-            augment_flip=config.augment_flip,
-            label_smoothing=config.label_smoothing,
-            # Translations and cutout as in training; no epochs here to alternate flips over.
-            augmentation=dataclasses.replace(augment.from_config(config, 1), alternate_flip=False),
-        )
-    )
+    step_fn = _step_at_rate(config)
     losses: list[float] = []
     epoch = 0
     batches: Iterator[tuple[np.ndarray, np.ndarray]] = iter(())
@@ -111,6 +100,23 @@ def find_learning_rate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         flush=True,
     )
     return result
+
+
+def _step_at_rate(config: ml_collections.ConfigDict) -> Any:
+    """The compiled train step with the config's options and the rate as an argument."""
+    # Translations and cutout as in training; there are no epochs to alternate flips over.
+    augmentation = dataclasses.replace(augment.from_config(config, 1), alternate_flip=False)
+    return jax.jit(
+        lambda state, batch, rng, lr: steps.train_step(
+            state.replace(opt_state=_with_rate(state.opt_state, lr)),
+            batch,
+            rng,
+            normalize=config.normalize,
+            augment_flip=config.augment_flip,
+            label_smoothing=config.label_smoothing,
+            augmentation=augmentation,
+        )
+    )
 
 
 def _with_rate(opt_state: Any, lr: jax.Array) -> Any:

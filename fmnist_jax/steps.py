@@ -86,7 +86,7 @@ def eval_params(state: TrainState) -> Any:
 def update_ema(state: TrainState, decay: float) -> TrainState:
     """The moving average one step on: decay min(`decay`, (1 + t) / (10 + t)) at step
     t (the state's step after the update), so early steps weigh more."""
-    t = state.step.astype(jnp.float32)
+    t = jnp.asarray(state.step, jnp.float32)
     d = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
     ema = optax.incremental_update(state.params, state.ema_params, 1.0 - d)
     return state.replace(ema_params=ema)
@@ -152,17 +152,21 @@ def train_step(
     return state, metrics
 
 
-def eval_step(
-    state: TrainState,
-    batch: tuple[jax.Array, jax.Array, jax.Array],
-    *,
-    normalize: bool = True,
-) -> Metrics:
-    """Summed loss and the confusion matrix of one padded batch; mask 0 marks padding."""
-    images, labels, mask = batch
-    logits = state.apply_fn(
-        model_variables(state, eval_params(state)), preprocess(images, normalize), train=False
-    )
+def eval_logits(
+    state: TrainState, images: jax.Array, *, normalize: bool = True, tta: str = "none", tta_shift: int = 1
+) -> jax.Array:
+    """The logits evaluation uses for uint8 `images`: the model with `eval_params`, no
+    dropout; with `tta` other than "none", the mean of its logits over the batch's
+    test-time views (`augment.tta_views`, shifted by `tta_shift` pixels)."""
+    variables = model_variables(state, eval_params(state))
+    views = augment.tta_views(preprocess(images, normalize), tta, tta_shift)
+    logits = [state.apply_fn(variables, x, train=False) for x in views]
+    return logits[0] if len(logits) == 1 else jnp.mean(jnp.stack(logits), axis=0)
+
+
+def eval_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> Metrics:
+    """Summed cross-entropy and the confusion matrix (rows: true class) of `logits`
+    against `labels`; mask 0 marks padding."""
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     predicted = jnp.argmax(logits, -1)
     confusion = jnp.einsum(
@@ -172,6 +176,21 @@ def eval_step(
         jax.nn.one_hot(predicted, NUM_CLASSES),
     )
     return {"loss_sum": jnp.sum(loss * mask), "confusion": confusion}
+
+
+def eval_step(
+    state: TrainState,
+    batch: tuple[jax.Array, jax.Array, jax.Array],
+    *,
+    normalize: bool = True,
+    tta: str = "none",
+    tta_shift: int = 1,
+) -> Metrics:
+    """Summed loss and the confusion matrix of one padded batch; mask 0 marks padding.
+    Its logits are `eval_logits` (with `tta`: averaged over test-time views)."""
+    images, labels, mask = batch
+    logits = eval_logits(state, images, normalize=normalize, tta=tta, tta_shift=tta_shift)
+    return eval_sums(logits, labels, mask)
 
 
 def configured_train_step(
@@ -192,6 +211,16 @@ def configured_train_step(
     )
 
 
+def eval_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The keyword options of `eval_step` and `eval_logits` a config sets: preprocessing
+    and test-time augmentation (configs saved before `tta` existed evaluate without it)."""
+    return {
+        "normalize": config.normalize,
+        "tta": config.get("tta", "none"),
+        "tta_shift": int(config.get("tta_shift", 1)),
+    }
+
+
 def configured_eval_step(config: ml_collections.ConfigDict) -> Callable[..., Metrics]:
-    """`eval_step` with the config's preprocessing bound."""
-    return functools.partial(eval_step, normalize=config.normalize)
+    """`eval_step` with the config's preprocessing and test-time augmentation bound."""
+    return functools.partial(eval_step, **eval_options(config))

@@ -16,8 +16,12 @@ from conftest import load_config
 from fmnist_jax import checkpointing, configuration, evaluate, runtime, steps, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# A small CNN (batch norm, so batch_stats must resume too) with mid-epoch checkpoints.
+# A small CNN (batch norm, so batch_stats must resume too) with mid-epoch checkpoints,
+# trained with every augmentation drawn on the device and a moving average of the weights
+# (so their draws and the average must resume too).
+AUGMENTED = {"alternate_flip": True, "augment_translate": 2, "augment_cutout": 6, "ema_decay": 0.9}
 SMALL = [
+    *(f"--config.{k}={v}" for k, v in AUGMENTED.items()),
     "--config.model.conv_features=(8,8)",
     "--config.model.dense_features=(32,)",
     "--config.num_epochs=2",
@@ -36,6 +40,7 @@ def small_config():
     config.batch_size = 128
     config.checkpoint_every_steps = 100
     config.write_report = False
+    config.update(AUGMENTED)
     return config
 
 
@@ -61,8 +66,10 @@ def final_state(workdir, which="latest"):
 
 
 def assert_states_bitwise_equal(a, b):
-    leaves_a = jax.tree_util.tree_leaves_with_path((a.step, a.params, a.batch_stats, a.opt_state))
-    leaves_b = jax.tree_util.tree_leaves((b.step, b.params, b.batch_stats, b.opt_state))
+    leaves_a = jax.tree_util.tree_leaves_with_path(
+        (a.step, a.params, a.batch_stats, a.opt_state, a.ema_params)
+    )
+    leaves_b = jax.tree_util.tree_leaves((b.step, b.params, b.batch_stats, b.opt_state, b.ema_params))
     assert len(leaves_a) == len(leaves_b)
     for (path, x), y in zip(leaves_a, leaves_b, strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))

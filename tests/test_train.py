@@ -108,6 +108,16 @@ def test_warmup_longer_than_the_run_is_half_the_run():
     assert int(np.argmax([one_cycle(s) for s in range(11)])) == 5
 
 
+def test_warmup_linear_schedule_rises_then_falls_in_straight_lines():
+    sched = _schedule(schedule="warmup_linear", learning_rate=0.4, num_epochs=5, warmup_epochs=1.0)
+    expected = [0.4 * s / 10 if s <= 10 else 0.4 * (50 - s) / 40 for s in range(51)]
+    np.testing.assert_allclose([float(sched(s)) for s in range(51)], expected, rtol=1e-5, atol=1e-8)
+    floor = _schedule(
+        schedule="warmup_linear", learning_rate=0.4, num_epochs=5, warmup_epochs=1.0, final_lr_fraction=0.25
+    )
+    np.testing.assert_allclose([float(floor(s)) for s in (10, 30, 50)], [0.4, 0.25, 0.1], rtol=1e-5)
+
+
 def test_one_cycle_schedule_peaks_after_its_rising_phase():
     sched = _schedule(schedule="one_cycle", learning_rate=1e-2, num_epochs=10, warmup_epochs=3.0)
     rates = np.array([sched(s) for s in range(101)])
@@ -173,6 +183,43 @@ def test_sgd_momentum_and_nesterov_updates():
     # Nesterov looks ahead along the velocity: g + m * (g + m * previous velocity).
     np.testing.assert_allclose(n1, -LR * (G1 + 0.5 * G1), rtol=1e-6)
     np.testing.assert_allclose(n2, -LR * (G2 + 0.5 * (G2 + 0.5 * G1)), rtol=1e-6)
+
+
+def test_sgd_weight_decay_is_decoupled_from_momentum():
+    """The decay is added after the momentum: it does not accumulate in the velocity."""
+    (u1, u2), _ = _two_updates(optimizer="sgd", momentum=0.5, nesterov=False, weight_decay=0.2)
+    np.testing.assert_allclose(u1, -LR * (G1 + 0.2 * PARAMS), rtol=1e-6)
+    np.testing.assert_allclose(u2, -LR * (G2 + 0.5 * G1 + 0.2 * PARAMS), rtol=1e-6)
+    (n1, n2), _ = _two_updates(optimizer="sgd", momentum=0.5, nesterov=True, weight_decay=0.2)
+    np.testing.assert_allclose(n1, -LR * (1.5 * G1 + 0.2 * PARAMS), rtol=1e-6)
+    np.testing.assert_allclose(n2, -LR * (G2 + 0.5 * (G2 + 0.5 * G1) + 0.2 * PARAMS), rtol=1e-6)
+
+
+def test_moving_average_of_the_weights_follows_its_formula_and_is_what_evaluation_uses(splits):
+    """Two steps with ema_decay 0.8: the average is p0 -> d1 p0 + (1 - d1) p1 ->
+    d2 ema1 + (1 - d2) p2, with d_t = min(0.8, (1 + t) / (10 + t)); eval_step scores it."""
+    config = load_config("mlp_4x2")
+    config.ema_decay = 0.8
+    _, state = steps.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=10)
+    images, labels = splits["train"].images[:64], splits["train"].labels[:64]
+    step = jax.jit(steps.configured_train_step(config))
+    kernel = lambda tree: np.asarray(tree["Dense_0"]["kernel"], np.float64)  # noqa: E731
+    ema, params = kernel(state.ema_params), [kernel(state.params)]
+    np.testing.assert_array_equal(ema, params[0])
+    for t in (1, 2):
+        state, _ = step(state, (images, labels), jax.random.PRNGKey(t))
+        params.append(kernel(state.params))
+        d = min(0.8, (1 + t) / (10 + t))
+        ema = d * ema + (1 - d) * params[-1]
+        np.testing.assert_allclose(kernel(state.ema_params), ema, rtol=1e-5, atol=1e-7)
+    assert np.max(np.abs(ema - params[-1])) > 1e-4  # The average is not the latest params.
+
+    batch = (images, labels, np.ones(64, np.float32))
+    scored = jax.jit(steps.configured_eval_step(config))(state, batch)
+    as_params = jax.jit(steps.configured_eval_step(config))(state.replace(params=state.ema_params), batch)
+    np.testing.assert_array_equal(np.asarray(scored["loss_sum"]), np.asarray(as_params["loss_sum"]))
+    latest = jax.jit(steps.configured_eval_step(config))(state.replace(ema_params=None), batch)
+    assert float(latest["loss_sum"]) != float(scored["loss_sum"])
 
 
 def test_unknown_optimizer_is_refused():
