@@ -8,7 +8,7 @@ ARGS ?=
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: train test test-all lint format data venv clean reproduce bench
+.PHONY: train test test-all lint format data venv clean reproduce sweep bench
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ train: data
 # Every seed experiment over 3 seeds -> docs/RESULTS.md. Resumable: rerun to continue.
 reproduce: data
 	$(PY) -m fmnist_jax.reproduce $(ARGS)
+
+# A sweep file's rows over its seeds -> its table in the markdown file it names. Resumable.
+SWEEP ?=
+sweep: data
+	@if [ -z "$(SWEEP)" ]; then echo "error: usage: make sweep SWEEP=configs/sweeps/NAME.py" >&2; exit 1; fi
+	$(PY) -m fmnist_jax.sweep --sweep=$(SWEEP) $(ARGS)
 
 # Speed against TF Keras (and PyTorch if installed), in one run -> docs/benchmark.json.
 bench: data

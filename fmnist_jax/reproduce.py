@@ -1,14 +1,17 @@
 """Retrains every seed experiment over several seeds and writes docs/RESULTS.md.
 
     make reproduce                       # all rows, 3 seeds, in the background-friendly way
-    python -m fmnist_jax.reproduce [--seeds=0,1,2] [--only=cnn4,mlp_256] [--table_only]
+    python -m fmnist_jax.reproduce [--seeds=0,1,2] [--only=cnn4,mlp_256] [--table_only] [--dry_run]
 
-Each (row, seed) trains with `launch.py` in its own process into
-`runs/reproduce/<row>/seed<k>/` and its log goes to `train.log` there. A run
-whose `results.json` exists is finished and is never retrained; an interrupted
-run resumes from its newest checkpoint. So the command can be stopped at any
-time (Ctrl-C, SIGTERM, a lost session) and simply started again; the table is
-rewritten after every finished run, from the runs' own results.json files.
+A sweep (fmnist_jax/sweep.py) whose rows are config files. Each (row, seed) trains
+with `launch.py` in its own process into `runs/reproduce/<row>/seed<k>/` and its
+log goes to `train.log` there. A run whose `results.json` exists is finished and
+is never retrained; an interrupted run resumes from its newest checkpoint. So the
+command can be stopped at any time (Ctrl-C, SIGTERM, a lost session) and simply
+started again; the table is rewritten after every finished run, from the runs'
+own results.json files, at the top of docs/RESULTS.md (between the lines
+`<!-- sweep:reproduce begin -->` and `<!-- sweep:reproduce end -->`; the sections
+after it, such as the sweeps' "Beyond the seeds", are kept).
 """
 
 from __future__ import annotations
@@ -17,12 +20,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 
+from fmnist_jax import sweep
 from fmnist_jax.results import SEED_REPORTED
+from fmnist_jax.sweep import load_result, mean_std, run_dir, was_resumed
 
 
 @dataclass(frozen=True)
@@ -62,57 +65,16 @@ ROWS = (
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_dir(root: str, row: Row, seed: int) -> str:
-    return os.path.join(root, row.name, f"seed{seed}")
-
-
-def load_result(workdir: str) -> dict | None:
-    path = os.path.join(workdir, "results.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+def command(row: Row, seed: int, workdir: str) -> list[str]:
+    """The launch.py command line of one (row, seed)."""
+    return sweep.launch_command(
+        os.path.join(ROOT, "configs", row.config + ".py"), row.overrides, seed, workdir
+    )
 
 
 def train_one(row: Row, seed: int, workdir: str) -> None:
     """Trains one (row, seed) with launch.py in a child process; raises on failure."""
-    os.makedirs(workdir, exist_ok=True)
-    command = [
-        sys.executable,
-        os.path.join(ROOT, "launch.py"),
-        f"--config={os.path.join(ROOT, 'configs', row.config + '.py')}",
-        f"--workdir={workdir}",
-        f"--config.seed={seed}",
-        "--config.write_report=False",
-        *row.overrides,
-    ]
-    log_path = os.path.join(workdir, "train.log")
-    with open(log_path, "a") as log:
-        log.write(f"\n$ {' '.join(command)}\n")
-        log.flush()
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        try:
-            code = child.wait()
-        except KeyboardInterrupt:
-            # Ctrl-C reached the child too: it saves at the end of its current dispatch.
-            print("waiting for the training run to save a checkpoint (Ctrl-C again: stop now) ...")
-            child.wait()
-            raise
-    if code != 0:
-        raise RuntimeError(f"{row.name} seed {seed} failed (exit {code}); see {log_path}")
-
-
-def was_resumed(directory: str) -> bool:
-    """Whether the run in `directory` was interrupted and resumed (its train.log says so)."""
-    try:
-        with open(os.path.join(directory, "train.log"), errors="replace") as f:
-            return any(line.startswith("resumed from the checkpoint") for line in f)
-    except OSError:
-        return False
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    sweep.launch(command(row, seed, workdir), workdir, f"{row.name} seed {seed}")
 
 
 def results_table(root: str, seeds: list[int], rows: tuple[Row, ...] = ROWS) -> str:
@@ -168,7 +130,7 @@ def _table_row(root: str, row: Row, seeds: list[int], done: dict[int, dict]) -> 
     """One row's table line (mean ± std over its finished seeds) and its notes."""
     results = list(done.values())
     accs = [r["test"]["accuracy"] for r in results]
-    mean, std = _mean_std(accs)
+    mean, std = mean_std(accs)
     with open(os.path.join(run_dir(root, row, next(iter(done))), "config.json")) as f:
         cfg = json.load(f)
     beats = "n/a" if row.threshold is None else ("yes" if mean > row.threshold else "**no**")
@@ -191,11 +153,8 @@ def _table_row(root: str, row: Row, seeds: list[int], done: dict[int, dict]) -> 
 
 
 def write_table(root: str, seeds: list[int], output: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    tmp = output + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(results_table(root, seeds))
-    os.replace(tmp, output)
+    """The table at the top of `output`, the rest of the file kept."""
+    sweep.write_block(output, "reproduce", results_table(root, seeds), section=None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,52 +166,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=os.path.join(ROOT, "runs", "reproduce"), help="run directories")
     parser.add_argument("--output", default=os.path.join(ROOT, "docs", "RESULTS.md"))
     parser.add_argument("--table_only", action="store_true", help="rewrite the table, train nothing")
+    parser.add_argument("--dry_run", action="store_true", help="print the training commands, run nothing")
     args = parser.parse_args(argv)
     try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        parser.error(f"--seeds={args.seeds!r}: expected comma-separated integers")
-    names = [n for n in args.only.split(",") if n]
-    unknown = sorted(set(names) - {r.name for r in ROWS})
-    if unknown:
-        parser.error(f"--only: unknown rows {unknown}; rows are {[r.name for r in ROWS]}")
-    rows = [r for r in ROWS if not names or r.name in names]
-    # Seed-major: a partial table soon has every row.
-    todo = [(r, s) for s in seeds for r in rows if load_result(run_dir(args.root, r, s)) is None]
-    print(
-        f"{len(rows) * len(seeds) - len(todo)} of {len(rows) * len(seeds)} runs already finished; "
-        f"{0 if args.table_only else len(todo)} to train",
-        flush=True,
+        seeds = sweep.parse_seeds(args.seeds)
+        rows = sweep.select_rows(ROWS, args.only)
+    except sweep.SweepError as e:
+        parser.error(str(e))
+    code = sweep.run(
+        rows,
+        seeds,
+        args.root,
+        train_one,
+        lambda: write_table(args.root, seeds, args.output),
+        args.table_only,
+        command if args.dry_run else None,
     )
-    if not args.table_only:
-        start = time.perf_counter()
-        for i, (row, seed) in enumerate(todo, 1):
-            workdir = run_dir(args.root, row, seed)
-            t0 = time.perf_counter()
-            print(f"[{i}/{len(todo)}] {row.name} seed {seed} -> {workdir}", flush=True)
-            try:
-                train_one(row, seed, workdir)
-            except KeyboardInterrupt:
-                print("interrupted; run the same command again to resume", file=sys.stderr)
-                return 130
-            except RuntimeError as e:
-                print(f"error: {e}", file=sys.stderr)
-                write_table(args.root, seeds, args.output)
-                return 1
-            result = load_result(workdir)
-            if result is None:  # The child was stopped by a signal after saving a checkpoint.
-                print("stopped before the end; run the same command again to resume", file=sys.stderr)
-                write_table(args.root, seeds, args.output)
-                return 1
-            print(
-                f"    test accuracy {result['test']['accuracy']:.4f}, {time.perf_counter() - t0:.0f} s "
-                f"({(time.perf_counter() - start) / 60:.1f} min so far)",
-                flush=True,
-            )
-            write_table(args.root, seeds, args.output)
-    write_table(args.root, seeds, args.output)
-    print(f"wrote {args.output}")
-    return 0
+    if code == 0 and not args.dry_run:
+        print(f"wrote {args.output}")
+    return code
 
 
 if __name__ == "__main__":

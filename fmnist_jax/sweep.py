@@ -1,0 +1,441 @@
+"""Trains a sweep, rows of config overrides over several seeds, and writes its markdown table.
+
+    make sweep SWEEP=configs/sweeps/NAME.py
+    python -m fmnist_jax.sweep --sweep=configs/sweeps/NAME.py [--seeds=0,1,2] [--only=row1,row2]
+                               [--table_only] [--dry_run]
+
+A sweep file defines `get_sweep()` returning a `Sweep`: a base config file, rows (each a
+name, `--config.FIELD=VALUE` overrides or a {FIELD: VALUE} dict, and a note of what the
+row changes), seeds, where the runs go (default `runs/sweeps/<name>/`) and the markdown
+file and section the table goes to. The first row is the baseline the others are compared
+with.
+
+Each (row, seed) trains with `launch.py` in its own process into `<root>/<row>/seed<k>/`,
+its log in `train.log` there. A run whose `results.json` exists is finished and is never
+retrained; an interrupted run resumes from its newest checkpoint, so the command can be
+stopped at any time and started again. After every finished run the table is rewritten
+from the runs' own results.json files, between the lines `<!-- sweep:<name> begin -->` and
+`<!-- sweep:<name> end -->` of the markdown file (added under the section's heading the
+first time); the rest of the file is left as it is. `make reproduce`
+(`fmnist_jax/reproduce.py`) runs its seed experiments with the same machinery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+class SweepError(Exception):
+    """What the command line or the sweep file asks for does not exist or is malformed;
+    the message is one line."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a sweep: its config overrides and a note of what they change."""
+
+    name: str
+    overrides: Sequence[str] | Mapping[str, Any] = ()  # ("--config.X=Y", ...) or {"X": Y}
+    note: str = ""
+    config: str = ""  # A config file for this row instead of the sweep's.
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        """The overrides as launch.py flags."""
+        if isinstance(self.overrides, Mapping):
+            return tuple(f"--config.{k}={v}" for k, v in self.overrides.items())
+        return tuple(self.overrides)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A sweep: rows of overrides of one config, trained over seeds, and where its table goes.
+
+    Relative paths are relative to the repository root."""
+
+    name: str
+    config: str
+    rows: tuple[Row, ...]
+    seeds: tuple[int, ...] = (0, 1, 2)
+    root: str = ""  # Run directories; default runs/sweeps/<name>.
+    output: str = os.path.join("docs", "RESULTS.md")
+    section: str = "Beyond the seeds"
+
+    def run_root(self) -> str:
+        return os.path.join(ROOT, self.root or os.path.join("runs", "sweeps", self.name))
+
+    def config_file(self, row: Row) -> str:
+        return os.path.join(ROOT, row.config or self.config)
+
+
+class Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+# --- Runs: where they live, how they are trained, what they left. ---
+
+
+def run_dir(root: str, row: Named, seed: int) -> str:
+    return os.path.join(root, row.name, f"seed{seed}")
+
+
+def load_result(workdir: str) -> dict | None:
+    """The run's results.json, or None while the run is not finished."""
+    path = os.path.join(workdir, "results.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def was_resumed(directory: str) -> bool:
+    """Whether the run in `directory` was interrupted and resumed (its train.log says so)."""
+    try:
+        with open(os.path.join(directory, "train.log"), errors="replace") as f:
+            return any(line.startswith("resumed from the checkpoint") for line in f)
+    except OSError:
+        return False
+
+
+def launch_command(config: str, flags: Sequence[str], seed: int, workdir: str) -> list[str]:
+    """launch.py training `config` with `flags` and `seed` into `workdir` (no report figures
+    unless the flags ask for them)."""
+    return [
+        sys.executable,
+        os.path.join(ROOT, "launch.py"),
+        f"--config={config}",
+        f"--workdir={workdir}",
+        f"--config.seed={seed}",
+        "--config.write_report=False",
+        *flags,
+    ]
+
+
+def launch(command: list[str], workdir: str, label: str) -> None:
+    """Runs one training `command` in a child process, its output appended to
+    `workdir`/train.log; raises RuntimeError if it fails. A rerun of the same command
+    resumes from the workdir's newest checkpoint."""
+    os.makedirs(workdir, exist_ok=True)
+    log_path = os.path.join(workdir, "train.log")
+    with open(log_path, "a") as log:
+        log.write(f"\n$ {' '.join(command)}\n")
+        log.flush()
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            code = child.wait()
+        except KeyboardInterrupt:
+            # Ctrl-C reached the child too: it saves at the end of its current dispatch.
+            print("waiting for the training run to save a checkpoint (Ctrl-C again: stop now) ...")
+            child.wait()
+            raise
+    if code != 0:
+        raise RuntimeError(f"{label} failed (exit {code}); see {log_path}")
+
+
+Train = Callable[[Any, int, str], None]
+
+
+def run(
+    rows: Sequence[Named],
+    seeds: Sequence[int],
+    root: str,
+    train: Train,
+    write: Callable[[], None],
+    table_only: bool = False,
+    dry_run: Callable[[Any, int, str], list[str]] | None = None,
+) -> int:
+    """Trains every (row, seed) under `root` that has no results.json yet, seed-major (a
+    partial table soon has every row), calling `write()` after each finished run and at
+    the end. With `dry_run`, prints the command it gives each such run instead. Returns
+    the exit status: 0, 1 (a run failed or stopped early) or 130 (interrupted)."""
+    todo = [(r, s) for s in seeds for r in rows if load_result(run_dir(root, r, s)) is None]
+    total = len(rows) * len(seeds)
+    print(
+        f"{total - len(todo)} of {total} runs already finished; "
+        f"{0 if table_only else len(todo)} to train{' (dry run)' if dry_run else ''}",
+        flush=True,
+    )
+    if dry_run is not None:
+        for row, seed in [] if table_only else todo:
+            print(shlex.join(dry_run(row, seed, run_dir(root, row, seed))))
+        return 0
+    code = 0 if table_only else _train_all(todo, root, train, write)
+    if code == 0:
+        write()
+    return code
+
+
+def _train_all(todo: list[tuple[Any, int]], root: str, train: Train, write: Callable[[], None]) -> int:
+    start = time.perf_counter()
+    for i, (row, seed) in enumerate(todo, 1):
+        workdir = run_dir(root, row, seed)
+        t0 = time.perf_counter()
+        print(f"[{i}/{len(todo)}] {row.name} seed {seed} -> {workdir}", flush=True)
+        try:
+            train(row, seed, workdir)
+        except KeyboardInterrupt:
+            print("interrupted; run the same command again to resume", file=sys.stderr)
+            return 130
+        except RuntimeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            write()
+            return 1
+        result = load_result(workdir)
+        if result is None:  # The child was stopped by a signal after saving a checkpoint.
+            print("stopped before the end; run the same command again to resume", file=sys.stderr)
+            write()
+            return 1
+        print(
+            f"    test accuracy {result['test']['accuracy']:.4f}, {time.perf_counter() - t0:.0f} s "
+            f"({(time.perf_counter() - start) / 60:.1f} min so far)",
+            flush=True,
+        )
+        write()
+    return 0
+
+
+# --- Command-line choices shared with reproduce. ---
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0,1,2' -> [0, 1, 2]; SweepError unless distinct non-negative integers."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise SweepError(f"--seeds={text!r}: expected distinct non-negative integers separated by commas")
+    return seeds
+
+
+def select_rows(rows: Sequence[Named], only: str) -> list:
+    """The rows named in the comma-separated `only` (all if empty), in table order."""
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = sorted(set(names) - {r.name for r in rows})
+    if unknown:
+        raise SweepError(f"--only: unknown rows {unknown}; rows are {[r.name for r in rows]}")
+    return [r for r in rows if not names or r.name in names]
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+# --- The markdown file: a block between markers, the rest untouched. ---
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- sweep:{name} begin -->", f"<!-- sweep:{name} end -->"
+
+
+def write_block(path: str, name: str, content: str, section: str | None) -> None:
+    """Puts `content` between the markers of `name` in the markdown file `path` (written
+    atomically). Without the markers, the block goes under the heading `section` (added at
+    the end if missing) or, for `section=None`, replaces the file's head: everything before
+    its first '## ' heading (all of a file that has none)."""
+    begin, end = markers(name)
+    block = f"{begin}\n{content.strip()}\n{end}"
+    text = ""
+    if os.path.isfile(path):
+        with open(path) as f:
+            text = f.read()
+    start = text.find(begin)
+    stop = text.find(end, start)
+    if start >= 0 and stop >= 0:
+        text = text[:start] + block + text[stop + len(end) :]
+    elif section is None:
+        head = re.search(r"^## ", text, re.MULTILINE)
+        text = block + "\n" + ("\n" + text[head.start() :] if head else "")
+    else:
+        text = _under_heading(text, section, block)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _under_heading(text: str, section: str, block: str) -> str:
+    heading = re.search(rf"^#+ +{re.escape(section)} *$", text, re.MULTILINE)
+    if heading is None:
+        return (text.rstrip("\n") + "\n\n" if text.strip() else "") + f"## {section}\n\n{block}\n"
+    rest = text[heading.end() :].lstrip("\n")
+    return f"{text[: heading.end()]}\n\n{block}\n" + (f"\n{rest}" if rest else "")
+
+
+# --- A sweep file and its table. ---
+
+
+def load_sweep(path: str) -> Sweep:
+    """The Sweep that the file's get_sweep() returns; SweepError (one line) if there is none."""
+    if not os.path.isfile(path):
+        raise SweepError(f"--sweep={path}: no such file")
+    spec = importlib.util.spec_from_file_location("_sweep_file", path)
+    if spec is None or spec.loader is None:
+        raise SweepError(f"--sweep={path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    get_sweep = getattr(module, "get_sweep", None)
+    if not callable(get_sweep):
+        raise SweepError(f"--sweep={path}: defines no get_sweep()")
+    sweep = get_sweep()
+    if not isinstance(sweep, Sweep):
+        raise SweepError(f"--sweep={path}: get_sweep() returned a {type(sweep).__name__}, not a Sweep")
+    check_sweep(sweep, path)
+    return sweep
+
+
+def check_sweep(sweep: Sweep, path: str) -> None:
+    """SweepError for names unfit for directories and markers, repeated rows or seeds,
+    overrides that are no --config flags, and config files that do not exist."""
+    names = [sweep.name, *(r.name for r in sweep.rows)]
+    bad = [n for n in names if not _NAME.fullmatch(n)]
+    if bad:
+        raise SweepError(f"{path}: names may hold only letters, digits, '_', '.', '-': {bad}")
+    if not sweep.rows or len(set(names[1:])) != len(sweep.rows):
+        raise SweepError(f"{path}: a sweep needs rows with distinct names, has {names[1:]}")
+    if not sweep.seeds or min(sweep.seeds) < 0 or len(set(sweep.seeds)) != len(sweep.seeds):
+        raise SweepError(f"{path}: seeds={sweep.seeds}: expected distinct non-negative integers")
+    for row in sweep.rows:
+        flags = [f for f in row.flags if not (f.startswith("--config.") and "=" in f)]
+        if flags:
+            raise SweepError(f"{path}: row {row.name}: overrides are --config.FIELD=VALUE, not {flags}")
+        if not os.path.isfile(sweep.config_file(row)):
+            raise SweepError(f"{path}: row {row.name}: no config file {sweep.config_file(row)}")
+
+
+def shown_path(path: str) -> str:
+    """`path` relative to the repository root when inside it, else absolute."""
+    relative = os.path.relpath(os.path.abspath(path), ROOT)
+    return os.path.abspath(path) if relative.startswith("..") else relative
+
+
+def sweep_table(sweep: Sweep, seeds: Sequence[int], source: str) -> str:
+    """The sweep's markdown: a heading, what the numbers are, and one line per row from the
+    results.json files of its finished runs."""
+    root = sweep.run_root()
+    done = [
+        {s: r for s in seeds if (r := load_result(run_dir(root, row, s))) is not None} for row in sweep.rows
+    ]
+    baseline = mean_std([r["test"]["accuracy"] for r in done[0].values()])[0] if done[0] else None
+    config = f"`{shown_path(os.path.join(ROOT, sweep.config))}`"
+    if any(r.config for r in sweep.rows):
+        config += " (or the config file the row names)"
+    lines = [
+        f"### `{sweep.name}`",
+        "",
+        f"Written by `make sweep SWEEP={shown_path(source)}` from the `results.json` of each run under "
+        f"`{shown_path(root)}/`; rerun it to continue or regenerate. Every row trains {config} with its "
+        f"overrides, over seeds {', '.join(map(str, seeds))}. Test accuracy is the final epoch's, mean ± sample "
+        f"standard deviation over the finished seeds; Δ is the difference of means from the first row, "
+        f"`{sweep.rows[0].name}`. "
+        "Training seconds exclude compilation and add up all processes of a resumed run.",
+        "",
+        "| row | what it changes | test acc (mean ± std) | Δ vs first row | seeds | train s/seed | machine |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for i, (row, results) in enumerate(zip(sweep.rows, done, strict=True)):
+        lines.append(_row_line(row, results, len(seeds), baseline, first=i == 0))
+    finished = sorted(d for results in done for r in results.values() if (d := r.get("finished", "")))
+    total = sum(len(results) for results in done)
+    between = f", between {finished[0]} and {finished[-1]}" if finished else ""
+    lines += ["", f"{total} of {len(seeds) * len(sweep.rows)} runs finished{between}."]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _changes(row: Row) -> str:
+    flags = ", ".join(f"`{f.removeprefix('--config.')}`" for f in row.flags)
+    if row.config:
+        flags = ", ".join(x for x in (f"`{row.config}`", flags) if x)
+    return _cell(" ".join(x for x in (row.note, f"({flags})" if flags and row.note else flags) if x) or "—")
+
+
+def _row_line(row: Row, done: dict[int, dict], num_seeds: int, baseline: float | None, first: bool) -> str:
+    """One table line; `baseline` is the first row's mean (None while it has no finished seed)."""
+    if not done:
+        return f"| `{row.name}` | {_changes(row)} | not run yet | | 0/{num_seeds} | | |"
+    mean, std = mean_std([r["test"]["accuracy"] for r in done.values()])
+    accuracy = f"{mean:.4f} ± {std:.4f}" if len(done) > 1 else f"{mean:.4f}"
+    delta = "baseline" if first else "n/a" if baseline is None else f"{mean - baseline:+.4f}"
+    seconds = statistics.fmean(r["train_seconds"] for r in done.values())
+    count = f"{len(done)}/{num_seeds}" + (" (unfinished)" if len(done) < num_seeds else "")
+    return (
+        f"| `{row.name}` | {_changes(row)} | {accuracy} | {delta} | {count} | "
+        f"{seconds:.{0 if seconds >= 10 else 1}f} | {_cell(_machines(done))} |"
+    )
+
+
+def _machines(done: dict[int, dict]) -> str:
+    """The machine the row's seeds ran on, or each machine with its seeds if they differ."""
+    by_machine: dict[str, list[int]] = {}
+    for seed, result in sorted(done.items()):
+        by_machine.setdefault(result.get("machine", "unknown"), []).append(seed)
+    if len(by_machine) == 1:
+        return next(iter(by_machine))
+    return "different machines: " + "; ".join(
+        f"{m} (seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))})" for m, s in by_machine.items()
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sweep", required=True, help="a sweep file, e.g. configs/sweeps/NAME.py")
+    parser.add_argument("--seeds", help="comma-separated training seeds (default: the sweep's)")
+    parser.add_argument("--only", default="", help="comma-separated row names to train (default: all)")
+    parser.add_argument("--table_only", action="store_true", help="rewrite the table, train nothing")
+    parser.add_argument("--dry_run", action="store_true", help="print the training commands, run nothing")
+    args = parser.parse_args(argv)
+    try:
+        sweep = load_sweep(args.sweep)
+        seeds = list(sweep.seeds) if args.seeds is None else parse_seeds(args.seeds)
+        rows = select_rows(sweep.rows, args.only)
+    except SweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    output = os.path.join(ROOT, sweep.output)
+
+    def command(row: Row, seed: int, workdir: str) -> list[str]:
+        return launch_command(sweep.config_file(row), row.flags, seed, workdir)
+
+    def train(row: Row, seed: int, workdir: str) -> None:
+        launch(command(row, seed, workdir), workdir, f"{row.name} seed {seed}")
+
+    def write() -> None:
+        write_block(output, sweep.name, sweep_table(sweep, seeds, args.sweep), sweep.section)
+
+    code = run(
+        rows, seeds, sweep.run_root(), train, write, args.table_only, command if args.dry_run else None
+    )
+    if code == 0 and not args.dry_run:
+        print(f"wrote the table to {output}")
+    return code
+
+
+if __name__ == "__main__":
+    # Through the package module: the sweep file's `Sweep` is fmnist_jax.sweep's, not __main__'s.
+    from fmnist_jax import sweep as _sweep
+
+    sys.exit(_sweep.main())
