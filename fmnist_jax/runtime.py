@@ -110,6 +110,23 @@ def cpu_description() -> str:
     return f"{name} ({', '.join(details)})"
 
 
+def cpu_features() -> dict[str, Any]:
+    """The CPU's model name, vendor, family and model numbers, Zen generation (AMD) and
+    the vector flags that decide which kernels run fast: avx2, avx512f, avx512_bf16."""
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    family = int(info["cpu family"]) if info.get("cpu family", "").isdigit() else None
+    amd = info.get("vendor_id") == "AuthenticAMD"
+    return {
+        "model_name": info.get("model name") or platform.processor() or platform.machine(),
+        "vendor": info.get("vendor_id", ""),
+        "family": family,
+        "model": int(info["model"]) if info.get("model", "").isdigit() else None,
+        "generation": amd_generation(family, flags) if amd and family is not None else None,
+        **{flag: flag in flags for flag in ("avx2", "avx512f", "avx512_bf16")},
+    }
+
+
 def machine_description() -> str:
     """The JAX devices and the host this runs on, in one line."""
     devices = jax.devices()

@@ -226,3 +226,230 @@ def test_profile_times_the_step_s_operations():
     # The first layer's matmul is one of the operations timed, with a positive time.
     dense = [us for computes, us, _ in rows if computes.startswith("Dense_0/")]
     assert dense and all(us > 0 for us in dense), table
+
+
+# --------------------------------------------- peers in steady state, the limit
+
+
+def listed_clock(times):
+    """A clock that returns `times` in order, then one more second per call."""
+    state = {"queue": list(times), "now": 0.0}
+
+    def clock():
+        state["now"] = state["queue"].pop(0) if state["queue"] else state["now"] + 1.0
+        return state["now"]
+
+    return clock
+
+
+def test_step_clock_times_only_steady_steps():
+    """Nothing before the first mark, no interval starting in the warm-up, no gap
+    after a restart: images over the sum of the steady steps' own times."""
+    clock = benchmark.StepClock(batch=4, warmup_steps=2, clock=listed_clock([10, 11, 11.5, 12.5, 20, 20.25]))
+    for n in (1, 1, 1, 2):  # Intervals start at steps 1 (warm-up), 2 and 3 (steady).
+        clock.mark(n)
+    clock.restart()  # An epoch's end: the 12.5 -> 20 gap is not a step.
+    clock.mark(1)
+    clock.mark(1)
+    result = clock.result()
+    steady_images = (1 + 2 + 1) * 4
+    steady_seconds = (11.5 - 11) + (12.5 - 11.5) + (20.25 - 20)
+    assert result["steady_steps"] == 4
+    assert result["steady_seconds"] == pytest.approx(steady_seconds)
+    assert result["train_images_per_second"] == pytest.approx(steady_images / steady_seconds)
+    with pytest.raises(RuntimeError, match="too short"):
+        benchmark.StepClock(batch=4, warmup_steps=2).result()
+
+
+def test_keras_steady_fit_times_batches_inside_one_fit():
+    """12 steps an epoch, 2 per execution: the clock is marked after each execution;
+    the first 10 steps are warm-up, the gap at the epoch's end (100 s here) is left
+    out, and the fit stops once 4 s of steady steps are timed."""
+    import keras
+
+    from fmnist_jax.benchmark import keras_bench
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model.compile(
+        optimizer="adam",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        steps_per_execution=2,
+    )
+    x = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)  # Cut to 48: whole executions.
+    y = np.zeros(50, np.int64)
+    # Epoch 1: marks after steps 2, 4, ..., 12 at 0-5 s; epoch 2: after steps 14, 16, 18, 20.
+    clock = listed_clock([0, 1, 2, 3, 4, 5, 105, 106, 107, 108, 109, 110])
+    result = keras_bench.steady_fit(model, x, y, batch=4, steady_seconds=4, clock=clock)
+    # Steady: 10->12 (1 s), then 14->16, 16->18, 18->20 (1 s each); 12->14 spans the epoch's end.
+    assert (result["steady_steps"], result["steady_seconds"]) == (8, 4.0)
+    assert result["train_images_per_second"] == pytest.approx(8 * 4 / 4.0)
+    assert len(model.history.history["loss"]) == 2  # Stopped in the second epoch.
+
+
+def test_torch_setups_include_channels_last():
+    torch = pytest.importorskip("torch")
+    from fmnist_jax.benchmark import cli, torch_bench
+
+    setups = cli.setups_to_time(cli.installed_frameworks("jax,keras,torch"))
+    assert setups["torch"] == ["default (NCHW)", "channels_last"]
+    assert "jax" not in setups and "jit_compile" in setups["keras"]
+    config = cnn_config(conv_features=(4, 8), dense_features=(8,))
+    x = torch.from_numpy(np.random.default_rng(0).random((40, 1, 28, 28), np.float32))
+    default = torch_bench.to_setup(benchmark.torch_model(config), x, "default (NCHW)")[0]
+    model, xl = torch_bench.to_setup(benchmark.torch_model(config), x, "channels_last")
+    assert xl.is_contiguous(memory_format=torch.channels_last)  # One channel: also NCHW's layout.
+    weights = [
+        [m.weight for m in net.modules() if isinstance(m, torch.nn.Conv2d)][1] for net in (default, model)
+    ]
+    assert weights[0].shape == (8, 4, 3, 3) and weights[0].is_contiguous()
+    assert weights[1].is_contiguous(memory_format=torch.channels_last) and not weights[1].is_contiguous()
+    # 10 steps an epoch, a mark (1 s) after each: steps 0-9 are warm-up, then 3 steady steps.
+    y = torch.zeros(40, dtype=torch.int64)
+    result = torch_bench.steady_train(model, xl, y, batch=4, steady_seconds=3, clock=listed_clock([]))
+    assert (result["steady_steps"], result["steady_seconds"]) == (3, 3.0)
+
+
+def test_training_flops_per_image_by_hand():
+    """cnn4: 3x3 'SAME' convolutions 1->32 at 28x28, 32->64 at 14x14, 64->128 at 7x7,
+    128->256 at 3x3 (pooling floors 7 to 3), then 256->128 and 128->10; two FLOPs per
+    multiply-add; training is the forward, the kernel gradients (as much again) and
+    the input gradients (as much again, none for the first layer)."""
+    convs = [28 * 28 * 9 * 1 * 32, 14 * 14 * 9 * 32 * 64, 7 * 7 * 9 * 64 * 128, 3 * 3 * 9 * 128 * 256]
+    dense = [256 * 128, 128 * 10]
+    forward = 2 * (sum(convs) + sum(dense))
+    by_hand = forward + forward + (forward - 2 * convs[0])
+    assert by_hand == 60_384_768  # 60.4 MFLOP per training image.
+    assert benchmark.training_flops_per_image(load_config("cnn4")) == by_hand
+    mlp = 2 * (784 * 256 + 256 * 10)
+    assert benchmark.training_flops_per_image(load_config("mlp_256")) == 3 * mlp - 2 * 784 * 256
+    # 'VALID' shrinks each side by k - 1 before pooling: 28 -> 24 -> 12, then 12 -> 10 -> 5.
+    valid = cnn_config(conv_features=(4, 6), kernel_size=(5, 3), padding="VALID", dense_features=())
+    layers = [24 * 24 * 25 * 1 * 4, 10 * 10 * 9 * 4 * 6, 5 * 5 * 6 * 10]
+    assert benchmark.training_flops_per_image(valid) == 2 * (3 * sum(layers) - layers[0])
+
+
+def test_peak_share_and_the_limit_table():
+    assert benchmark.peak_share(2000.0, 60_384_768, 200.0) == pytest.approx(2000 * 60.384768e6 / 200e9)
+    rates = {"jax": 2000.0, "keras": 1500.0, "torch": 2500.0}
+    report = {
+        "date": "d",
+        "machine": "m",
+        "repeats": 1,
+        "matmul_peak": {
+            "size": 4096,
+            "cores": 2,
+            "repeats": 5,
+            "xla_gflops": 190.0,
+            "numpy_gflops": 200.0,
+            "numpy_blas": "openblas",
+            "gflops": 200.0,
+        },
+        "configs": {
+            "cnn4": {
+                **{f: {"train_images_per_second": r} for f, r in rates.items()},
+                "training_flops_per_image": 60_384_768,
+            }
+        },
+    }
+    text = benchmark.markdown(report)
+    assert "XLA's dot 190 GFLOP/s, NumPy (openblas) 200 GFLOP/s; the limit is 200 GFLOP/s" in text
+    shares = " | ".join(f"{round(100 * r * 60.384768e6 / 200e9)}%" for r in rates.values())
+    assert f"| `cnn4` | 60.4 | {200e9 / 60_384_768:,.0f} | {shares} |" in text, text
+    assert shares == "60% | 45% | 75%"
+
+
+def test_fastest_peer_setup_counts_and_a_missing_torch_is_named(monkeypatch):
+    """Each peer setup runs in its own child; the fastest setup is the framework's
+    figure, our ratio is to the fastest peer, every setup is recorded; a framework
+    that does not import is named in the block."""
+    from fmnist_jax.benchmark import cli
+
+    rates = {"fit defaults": 900.0, "inter-op threads 2": 950.0, "jit_compile": 1600.0}
+    rates |= {"jit_compile, steps_per_execution": 1000.0, "default (NCHW)": 1800.0, "channels_last": 2500.0}
+    calls = []
+
+    def run_child(args, env=None):
+        calls.append(args)
+        if args[1] == "matmul_peak":
+            return {"gflops": 200.0, "xla_gflops": 200.0, "numpy_gflops": 190.0, "numpy_blas": "b"} | {
+                "size": 8,
+                "cores": 2,
+                "repeats": 1,
+            }
+        if args[1] == "jax":
+            return {key: 2000.0 for key in cli.JAX_SUMMARY_KEYS} | {"real_over_synthetic": 1.0}
+        setup = args[args.index("--variant") + 1]
+        return {"framework": args[1], "train_images_per_second": rates[setup], "peak_rss_mib": 1.0}
+
+    monkeypatch.setattr(cli, "run_child", run_child)
+    summary = cli.measure_config("cnn4", ["jax", "keras", "torch"], repeats=1)
+    assert summary["keras"]["setups"] == {s: rates[s] for s in cli.PEER_SETUPS["keras"]}
+    assert summary["torch"]["setups"] == {"default (NCHW)": 1800.0, "channels_last": 2500.0}
+    assert summary["keras"]["fastest_setup"] == "jit_compile"
+    assert summary["jax"]["over_keras"] == pytest.approx(2000 / 1600)
+    assert summary["jax"]["over_fastest_peer"] == pytest.approx(2000 / 2500)
+    assert summary["fastest_peer"] == "torch: channels_last"
+    assert summary["training_flops_per_image"] == 60_384_768
+    text = benchmark.markdown({"date": "d", "machine": "m", "repeats": 1, "configs": {"cnn4": summary}})
+    assert "| PyTorch: channels_last | 0.80x |" in text and "| PyTorch: default (NCHW) |" in text
+
+    monkeypatch.setattr(cli.input_pipeline, "installed", lambda module: module != "torch")
+    calls.clear()
+    args = cli.parser().parse_args(["--configs=cnn4", "--repeats=1"])
+    report = cli.measure(args)
+    assert report["not_installed"] == ["torch"] and "torch" not in report["configs"]["cnn4"]
+    assert not any(a[1] == "torch" for a in calls)
+    assert report["hardware"]["class"] and report["matmul_peak"]["gflops"] == 200.0
+    text = benchmark.markdown(report)
+    assert "PyTorch: not measured, `torch` does not import here" in text
+    assert "pip install torch==2.13.0" in text
+
+
+def test_markdown_names_the_cpu_and_its_flags():
+    cpu = {"model_name": "AMD EPYC", "vendor": "AuthenticAMD", "family": 25, "model": 17}
+    cpu |= {"generation": "Zen 4", "avx2": True, "avx512f": True, "avx512_bf16": True}
+    assert benchmark.cpu_class(cpu) == "Zen 4 / AVX-512"
+    zen3 = cpu | {"generation": "Zen 3", "avx512f": False, "avx512_bf16": False}
+    assert benchmark.cpu_class(zen3) == "Zen 3 / AVX2"
+    intel = cpu | {"vendor": "GenuineIntel", "generation": None, "family": 6, "model": 143}
+    assert benchmark.cpu_class(intel) == "GenuineIntel family 6 model 143 / AVX-512"
+    report = {"date": "d", "machine": "m", "repeats": 1, "configs": {}}
+    report["hardware"] = {"class": "Zen 3 / AVX2", "cpu": zen3}
+    assert "CPU: AMD EPYC, family 25 model 17; avx512f no, avx512_bf16 no; class Zen 3 / AVX2." in (
+        benchmark.markdown(report)
+    )
+
+
+def test_markdown_writer_replaces_only_its_hardware_class_block(tmp_path):
+    zen3, zen4 = (
+        benchmark.class_markers("benchmark", "Zen 3 / AVX2"),
+        benchmark.class_markers("benchmark", "Zen 4 / AVX-512"),
+    )
+    assert zen4 == ("<!-- benchmark [Zen 4 / AVX-512]:begin -->", "<!-- benchmark [Zen 4 / AVX-512]:end -->")
+    page = tmp_path / "PERF.md"
+    before = (
+        f"intro\n{benchmark.BEGIN}\n{zen3[0]}\nzen 3 numbers\n{zen3[1]}\n\n"
+        f"{zen4[0]}\nold zen 4 numbers\n{zen4[1]}\n{benchmark.END}\noutro\n"
+    )
+    page.write_text(before)
+    assert benchmark.update_markdown(str(page), "new zen 4", hardware_class="Zen 4 / AVX-512")
+    assert page.read_text() == before.replace("old zen 4 numbers", "new zen 4")
+    # A class not there yet gets its own block at the end; the others stay.
+    assert benchmark.update_markdown(str(page), "zen 5", hardware_class="Zen 5 / AVX-512")
+    zen5 = benchmark.class_markers("benchmark", "Zen 5 / AVX-512")
+    assert page.read_text() == before.replace("old zen 4 numbers", "new zen 4").replace(
+        f"{zen4[1]}\n{benchmark.END}", f"{zen4[1]}\n\n{zen5[0]}\nzen 5\n{zen5[1]}\n{benchmark.END}"
+    )
+    # A report without a class does not overwrite the classes' blocks.
+    current = page.read_text()
+    assert not benchmark.update_markdown(str(page), "classless")
+    assert page.read_text() == current
+    # The command line files a report under its own class.
+    import json
+
+    report = {"date": "d", "machine": "m", "repeats": 1, "configs": {}, "hardware": {"class": "Zen 3 / AVX2"}}
+    (tmp_path / "r.json").write_text(json.dumps(report))
+    assert benchmark.main(["--from_json", str(tmp_path / "r.json"), "--markdown", str(page)]) == 0
+    text = page.read_text()
+    assert f"{zen3[0]}\nMeasured d on m" in text and "zen 3 numbers" not in text
+    assert "new zen 4" in text and "zen 5" in text

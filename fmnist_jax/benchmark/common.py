@@ -1,6 +1,7 @@
 """What every part of the benchmark shares: configs (with overrides), how many steps a
-timed dispatch runs, peak memory, the child processes, and the config's network read
-field by field for the Keras and PyTorch builders."""
+timed dispatch runs, the steady-state clock of the Keras and PyTorch runs, peak memory,
+the child processes, and the config's network read field by field for the Keras and
+PyTorch builders."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import os
 import resource
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 from fmnist_jax import input_pipeline
@@ -53,6 +56,54 @@ def timed_steps(config: Any, accelerator: bool = False) -> int:
         return steps_per_epoch
     per_image_work = 1 if config.model.name == "mlp" else 60  # Rough cost ratio cnn / mlp.
     return max(10, min(steps_per_epoch, 200_000 // (config.batch_size * per_image_work) + 1))
+
+
+# Keras's and PyTorch's runs: steps left out at the start, and seconds of steady steps timed.
+WARMUP_STEPS = 10
+STEADY_SECONDS = 5.0
+
+
+class StepClock:
+    """The steady-state img/s of one long run, timed step by step.
+
+    `mark(steps)` comes after each step (or each group of steps run as one call); the
+    time between two consecutive marks is those steps' time. Left out: everything
+    before the first mark (the run's start, tracing, compiling), every interval that
+    starts within the first `warmup_steps` steps, and the gap after `restart()` (called
+    where something other than steps comes next, e.g. Keras's end of an epoch). The rate
+    is the steady steps' images over the sum of their times.
+    """
+
+    def __init__(
+        self, batch: int, warmup_steps: int = WARMUP_STEPS, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
+        self.batch, self.warmup_steps, self.clock = batch, warmup_steps, clock
+        self.steps = 0  # Steps run so far, warm-up included.
+        self.steady_steps = 0
+        self.steady_seconds = 0.0
+        self._last: float | None = None
+
+    def mark(self, steps: int = 1) -> None:
+        now = self.clock()
+        if self._last is not None and self.steps >= self.warmup_steps:
+            self.steady_steps += steps
+            self.steady_seconds += now - self._last
+        self.steps += steps
+        self._last = now
+
+    def restart(self) -> None:
+        self._last = None
+
+    def result(self) -> dict[str, Any]:
+        """img/s of the steady steps, and what it was measured on."""
+        if not self.steady_steps or self.steady_seconds <= 0:
+            raise RuntimeError(f"no steady step was timed in {self.steps} steps: the run was too short")
+        return {
+            "train_images_per_second": self.steady_steps * self.batch / self.steady_seconds,
+            "steady_steps": self.steady_steps,
+            "steady_seconds": self.steady_seconds,
+            "warmup_steps": self.warmup_steps,
+        }
 
 
 def machine() -> str:

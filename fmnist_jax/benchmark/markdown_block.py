@@ -1,46 +1,89 @@
-"""The benchmark's results as markdown, and that text written between a named
-block's markers in a docs page (docs/PERFORMANCE.md)."""
+"""The benchmark's results as markdown, and that text written into a docs page
+(docs/PERFORMANCE.md) between a named block's markers, in the block of the run's
+hardware class inside it (one per class measured: 'Zen 3 / AVX2', 'Zen 4 / AVX-512',
+an accelerator's kind)."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
+from fmnist_jax.benchmark import limits
+
 
 def markers(block: str = "benchmark") -> tuple[str, str]:
     return f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
 
 
+def class_markers(block: str, hardware_class: str) -> tuple[str, str]:
+    """The markers of one hardware class's block inside `block`, e.g.
+    `<!-- benchmark [Zen 4 / AVX-512]:begin -->`."""
+    return markers(f"{block} [{hardware_class}]")
+
+
 BEGIN, END = markers()
 
 
-def update_markdown(path: str, text: str, block: str = "benchmark") -> bool:
-    """Replaces the text between the block's markers in `path`; False if they are absent."""
-    begin, end = markers(block)
+def _split(page: str, begin: str, end: str) -> tuple[str, str, str] | None:
+    """(before `begin`, between the markers, after `end`), None without both."""
+    if begin not in page or end not in page:
+        return None
+    head, rest = page.split(begin, 1)
+    inner, tail = rest.split(end, 1)
+    return head, inner, tail
+
+
+def _with_class_block(inner: str, block: str, text: str, hardware_class: str) -> str:
+    """`inner` with the class's block replaced by `text`, or `text` added in a new class
+    block at its end; every other line as it was."""
+    begin, end = class_markers(block, hardware_class)
+    new = f"{begin}\n{text}\n{end}"
+    parts = _split(inner, begin, end)
+    if parts:
+        return f"{parts[0]}{new}{parts[2]}"
+    return f"{inner.rstrip()}\n\n{new}\n" if inner.strip() else f"\n{new}\n"
+
+
+def update_markdown(
+    path: str, text: str, block: str = "benchmark", hardware_class: str | None = None
+) -> bool:
+    """Writes `text` between the block's markers in `path`. With a hardware class (a
+    run's `hardware.class`), only that class's block inside it is replaced, or added
+    at its end: the results of other classes stay. Without one (a report from before
+    classes were recorded), the whole block, unless it holds class blocks. False
+    (and `path` unchanged) where the block is absent or holds class blocks."""
     if not os.path.isfile(path):
         return False
     with open(path) as f:
         page = f.read()
-    if begin not in page or end not in page:
+    parts = _split(page, *markers(block))
+    if parts is None or (hardware_class is None and f"<!-- {block} [" in parts[1]):
         return False
-    head, rest = page.split(begin, 1)
-    _, tail = rest.split(end, 1)
+    head, inner, tail = parts
+    inner = f"\n{text}\n" if hardware_class is None else _with_class_block(inner, block, text, hardware_class)
+    begin, end = markers(block)
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
-        f.write(f"{head}{begin}\n{text}\n{end}{tail}")
+        f.write(f"{head}{begin}{inner}{end}{tail}")
     os.replace(tmp, path)
     return True
 
 
-def write_markdown(path: str, block: str, text: str) -> int:
-    """Prints `text` and, if `path`, writes it into the block; an exit status."""
+def write_markdown(path: str, block: str, text: str, hardware_class: str | None = None) -> int:
+    """Prints `text` and, if `path`, writes it into the block (the hardware class's
+    block inside it, when there is a class); an exit status."""
     print(text)
-    if path:
-        if update_markdown(path, text, block):
-            print(f"updated the {block} block of {path}")
-        else:
-            begin, end = markers(block)
-            print(f"{path} has no {begin} ... {end} block: not changed")
+    if not path:
+        return 0
+    where = f"the {block} block" + (f"'s {hardware_class} block" if hardware_class else "")
+    if update_markdown(path, text, block, hardware_class):
+        print(f"updated {where} of {path}")
+    else:
+        begin, end = markers(block)
+        print(
+            f"{path} has no {begin} ... {end} block, or (for a report without a hardware class) "
+            "one that holds per-class blocks: not changed"
+        )
     return 0
 
 
@@ -70,23 +113,98 @@ def _speed_rows(configs: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _keras_setup_rows(configs: dict[str, Any]) -> list[str]:
-    """Every Keras setup's img/s per config (none without Keras setups)."""
-    keras_setups = {
-        name: s["keras"]["setups"] for name, s in configs.items() if "setups" in s.get("keras", {})
-    }
-    if not keras_setups:
+PEER_NAMES = {"keras": "Keras", "torch": "PyTorch"}
+INSTALL_HINTS = {
+    "torch": "`.venv/bin/pip install torch==2.13.0` installs its CPU build; it is not in requirements.txt",
+    "keras": "`pip install -r requirements.txt` installs TF Keras",
+}
+
+
+def _peer_columns(configs: dict[str, Any]) -> list[tuple[str, str]]:
+    """(framework, setup) of every peer setup measured, in the order first seen."""
+    columns: list[tuple[str, str]] = []
+    for s in configs.values():
+        for framework in PEER_NAMES:
+            for setup in s.get(framework, {}).get("setups", {}):
+                if (framework, setup) not in columns:
+                    columns.append((framework, setup))
+    return columns
+
+
+def _peer_rows(configs: dict[str, Any]) -> list[str]:
+    """Every Keras and PyTorch setup's img/s per config, the fastest peer, and our
+    ratio to it (none without peer setups)."""
+    columns = _peer_columns(configs)
+    if not columns:
         return []
-    names = list(next(iter(keras_setups.values())))
     lines = [
         "",
-        "Keras's figure above is its fastest setup in each round; every setup (img/s):",
+        "Keras's and PyTorch's figures above are their fastest setup in each round; every setup (img/s), "
+        "and ours against the fastest peer:",
         "",
-        "| config | " + " | ".join(f"Keras: {n}" for n in names) + " |",
-        "|---|" + "---|" * len(names),
+        "| config | "
+        + " | ".join(f"{PEER_NAMES[f]}: {setup}" for f, setup in columns)
+        + " | fastest peer | ours / fastest peer |",
+        "|---|" + "---|" * (len(columns) + 2),
     ]
-    for name, setups in keras_setups.items():
-        lines.append(f"| `{name}` | " + " | ".join(f"{setups[n]:,.0f}" for n in names) + " |")
+    for name, s in configs.items():
+        cells = [_fmt(s.get(f, {}).get("setups", {}), setup) for f, setup in columns]
+        framework, _, setup = s.get("fastest_peer", "-").partition(": ")  # E.g. 'torch: channels_last'.
+        fastest = f"{PEER_NAMES[framework]}: {setup}" if framework in PEER_NAMES else framework
+        cells += [fastest, _fmt(s.get("jax", {}), "over_fastest_peer", ".2f", "x")]
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _hardware_lines(report: dict[str, Any]) -> list[str]:
+    """The CPU's model, family/model numbers, vector flags and class; what is not installed."""
+    lines = []
+    cpu = report.get("hardware", {}).get("cpu")
+    if cpu:
+        yes = {True: "yes", False: "no"}
+        lines.append(
+            f"CPU: {cpu['model_name']}, family {cpu['family']} model {cpu['model']}; avx512f "
+            f"{yes[cpu['avx512f']]}, avx512_bf16 {yes[cpu['avx512_bf16']]}; "
+            f"class {report['hardware']['class']}."
+        )
+    for framework in report.get("not_installed", []):
+        name = PEER_NAMES.get(framework, framework)
+        lines.append(
+            f"{name}: not measured, `{framework}` does not import here ({INSTALL_HINTS.get(framework)})."
+        )
+    return ["", *lines] if lines else []
+
+
+def _limit_rows(report: dict[str, Any]) -> list[str]:
+    """The matmul peak and each framework's share of it per config (none without a peak)."""
+    peak = report.get("matmul_peak")
+    if not peak:
+        return []
+    gflops, n = peak["gflops"], peak["size"]
+    lines = [
+        "",
+        f"Float32 matmul peak in this run ({n}x{n} by {n}x{n}, {peak['cores']} cores, best of "
+        f"{peak['repeats']}): XLA's dot {peak['xla_gflops']:.0f} GFLOP/s, NumPy ({peak['numpy_blas']}) "
+        f"{peak['numpy_gflops']:.0f} GFLOP/s; the limit is {gflops:.0f} GFLOP/s. Training FLOPs per "
+        "image are counted from the network (convolutions and dense layers, 3x the forward less the "
+        "first layer's input gradient); a share is a training rate's FLOP/s over the limit.",
+        "",
+        "| config | training MFLOP per image | img/s at the limit | ours: share | Keras: share | PyTorch: share |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, s in report["configs"].items():
+        flops = s.get("training_flops_per_image")
+        if not flops:
+            continue
+        shares = [
+            format(limits.peak_share(s[f]["train_images_per_second"], flops, gflops), ".0%")
+            if f in s
+            else "-"
+            for f in ("jax", "keras", "torch")
+        ]
+        lines.append(
+            f"| `{name}` | {flops / 1e6:.1f} | {gflops * 1e9 / flops:,.0f} | " + " | ".join(shares) + " |"
+        )
     return lines
 
 
@@ -127,9 +245,11 @@ def markdown(report: dict[str, Any]) -> str:
     """The benchmark's results as markdown (what docs/PERFORMANCE.md quotes)."""
     lines = [
         f"Measured {report['date']} on {report['machine']}; medians of {report['repeats']} interleaved rounds.",
+        *_hardware_lines(report),
         "",
         *_speed_rows(report["configs"]),
-        *_keras_setup_rows(report["configs"]),
+        *_peer_rows(report["configs"]),
+        *_limit_rows(report),
         *_ablation_rows(report.get("ablation")),
         *_time_to_accuracy_lines(report.get("time_to_accuracy")),
     ]

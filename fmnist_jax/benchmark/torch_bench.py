@@ -1,16 +1,23 @@
 """PyTorch's side (where `torch` imports): the config's network in PyTorch and its
-eager training speed on the same batches."""
+eager steady-state training speed, in its default layout and channels_last, on the
+same batches."""
 
 from __future__ import annotations
 
 import contextlib
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
 from fmnist_jax import input_pipeline
-from fmnist_jax.benchmark.common import ConvBlock, load_config, network, peak_rss_mib, timed_steps
+from fmnist_jax.benchmark.common import (
+    STEADY_SECONDS,
+    ConvBlock,
+    StepClock,
+    load_config,
+    network,
+    peak_rss_mib,
+)
 
 # fmnist_jax/models.py's activations by name (flax's gelu is the tanh approximation).
 ACTIVATIONS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -84,37 +91,71 @@ def count_parameters(model: Any) -> int:
     return sum(p.numel() for p in model.parameters()) + buffers
 
 
-def _epoch(model: Any, x: Any, y: Any, k: int, batch: int, bf16: bool) -> Callable[[], None]:
-    """One timed run: `k` Adam steps over the batches of (x, y), synchronized on CUDA."""
+# PyTorch's setups, each timed in its own child: its default layout and channels_last
+# (model and input in NHWC memory order, which oneDNN's CPU convolutions prefer).
+TORCH_SETUPS: dict[str, dict[str, Any]] = {
+    "default (NCHW)": {},
+    "channels_last": {"channels_last": True},
+}
+MAX_EPOCHS = 20  # A steady run's cap; it stops once STEADY_SECONDS of steady steps are timed.
+CUDA_MARK_EVERY = 20  # On CUDA the clock is marked (and the device synchronized) every 20 steps.
+
+
+def to_setup(model: Any, x: Any, setup: str) -> tuple[Any, Any]:
+    """The model and input batch tensor laid out as TORCH_SETUPS[setup] says."""
+    import torch
+
+    if setup not in TORCH_SETUPS:
+        raise ValueError(f"no PyTorch setup {setup!r}; there are {list(TORCH_SETUPS)}")
+    if TORCH_SETUPS[setup].get("channels_last"):
+        return model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    return model, x.contiguous()
+
+
+def steady_train(
+    model: Any,
+    x: Any,
+    y: Any,
+    batch: int,
+    steady_seconds: float = STEADY_SECONDS,
+    bf16: bool = False,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, Any]:
+    """PyTorch eager's steady-state training img/s in one long run: Adam steps over the
+    batches of (x, y) in order, epoch after epoch, the clock marked after every step
+    (on CUDA every CUDA_MARK_EVERY steps, synchronized) until `steady_seconds` of
+    steady steps are timed (common.StepClock)."""
     import torch
 
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    cuda = x.device.type == "cuda"
+    every, per_epoch = (CUDA_MARK_EVERY if cuda else 1), len(x) // batch
+    timer = StepClock(batch, clock=clock)
+    for i in range(MAX_EPOCHS * per_epoch):
+        j = i % per_epoch
+        opt.zero_grad()
+        autocast = torch.autocast(x.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with autocast:
+            loss = torch.nn.functional.cross_entropy(
+                model(x[j * batch : (j + 1) * batch]), y[j * batch : (j + 1) * batch]
+            )
+        loss.backward()
+        opt.step()
+        if (i + 1) % every == 0:
+            if cuda:
+                torch.cuda.synchronize()
+            timer.mark(every)
+            if timer.steady_seconds >= steady_seconds:
+                break
+    return timer.result()
 
-    def autocast() -> Any:
-        if bf16:
-            return torch.autocast(x.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
-    def epoch() -> None:
-        for i in range(k):
-            opt.zero_grad()
-            with autocast():
-                loss = torch.nn.functional.cross_entropy(
-                    model(x[i * batch : (i + 1) * batch]), y[i * batch : (i + 1) * batch]
-                )
-            loss.backward()
-            opt.step()
-        if x.device.type == "cuda":
-            torch.cuda.synchronize()
+def torch_worker(name: str, setup: str = "default (NCHW)", steady_seconds: float = STEADY_SECONDS) -> dict:
+    """PyTorch eager in one of TORCH_SETUPS on the training split's batches in order
+    (the network as `torch_model` builds it), timed in steady state (`steady_train`).
 
-    return epoch
-
-
-def torch_worker(name: str) -> dict[str, Any]:
-    """PyTorch eager on the same batches (the network as `torch_model` builds it).
-
-    On a CUDA machine the model and the timed batches live on the GPU, cuDNN may
-    pick its fastest kernels (`benchmark=True`), and a bfloat16 config runs under
+    On a CUDA machine the model and the batches live on the GPU, cuDNN may pick its
+    fastest kernels (`benchmark=True`), and a bfloat16 config runs under
     `torch.autocast(bfloat16)`, as ours computes in bfloat16 with float32 parameters.
     """
     import numpy as np
@@ -124,26 +165,22 @@ def torch_worker(name: str) -> dict[str, Any]:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     torch.backends.cudnn.benchmark = True
-    model = torch_model(config).to(device)
     splits = input_pipeline.load_splits(config.data_dir, config.validation_fraction, config.split_seed)
+    split = splits["train"]
     batch = config.batch_size
-    k = timed_steps(config, cuda)
-    x = torch.from_numpy(splits["train"].images[: k * batch].astype(np.float32) / 255.0).permute(0, 3, 1, 2)
-    y = torch.from_numpy(splits["train"].labels[: k * batch].astype(np.int64))
-    x, y = x.contiguous().to(device), y.to(device)
+    n = len(split) // batch * batch
+    x = torch.from_numpy(split.images[:n].astype(np.float32) / 255.0).permute(0, 3, 1, 2)
+    y = torch.from_numpy(split.labels[:n].astype(np.int64)).to(device)
+    model, x = to_setup(torch_model(config).to(device), x.to(device), setup)
     bf16 = config.compute_dtype == "bfloat16"
-    epoch = _epoch(model, x, y, k, batch, bf16)
-    epoch()
-    times = []
-    for _ in range(3):
-        t = time.perf_counter()
-        epoch()
-        times.append(time.perf_counter() - t)
+    result = steady_train(model, x, y, batch, steady_seconds, bf16)
     return {
         "framework": "torch",
+        "setup": setup,
         "version": torch.__version__,
         "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "threads": torch.get_num_threads(),
         "autocast_bfloat16": bf16,
-        "train_images_per_second": k * batch / statistics.median(times),
+        **result,
         "peak_rss_mib": peak_rss_mib(),
     }
