@@ -86,6 +86,25 @@ def test_resnet_logits_shape_and_training_mode(block):
     assert all(jax.tree_util.tree_leaves(moved))  # Every BN's statistics train.
 
 
+@pytest.mark.parametrize(
+    "block,stem,branch_ends",
+    [("pool", 0, ("Conv_2", "Conv_5")), ("basic", 8, ("Conv_2", "Conv_4"))],
+)
+def test_resnet_shortcuts_carry_the_image_past_a_zeroed_branch(block, stem, branch_ends):
+    """With the last convolution of every residual branch zeroed, each block is its
+    shortcut (BN of 0 is its bias, 0 at init): the logits still depend on the image.
+    Without the shortcuts they would be the same for every image."""
+    fields = {"name": "resnet", "block": block, "stem_features": stem, "stage_features": (8, 16)}
+    model = models.create_model(ml_collections.ConfigDict(fields))
+    variables = models.init_variables(model, jax.random.PRNGKey(0))
+    params = dict(variables["params"])
+    for name in branch_ends:
+        params[name] = {"kernel": jnp.zeros_like(params[name]["kernel"])}
+    x = jax.random.uniform(jax.random.PRNGKey(1), (4, 28, 28, 1))
+    logits = np.asarray(model.apply({**variables, "params": params}, x, train=False))
+    assert np.max(np.abs(logits - logits[0])) > 1e-3
+
+
 def test_readme_parameter_table_is_the_pinned_counts():
     """README's table of seed models quotes these counts (and says this file pins them)."""
     with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")) as f:
