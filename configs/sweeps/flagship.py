@@ -1,0 +1,19 @@
+"""configs/flagship.py (one GPU) over 3 seeds, and what each of its ingredients buys.
+
+make sweep SWEEP=configs/sweeps/flagship.py ARGS=--only=full   # the flagship's 3 seeds
+make sweep SWEEP=configs/sweeps/flagship.py                    # and the ablation rows
+"""
+
+from configs.sweeps import flagship_cpu
+from fmnist_jax.sweep import Row, Sweep
+
+ABLATIONS = (
+    Row("full", (), "configs/flagship.py as it is"),
+    *flagship_cpu.ABLATIONS[1:],
+    Row("no_cutout", {"augment_cutout": 0}, "no cutout"),
+    Row("float32", {"compute_dtype": "float32"}, "float32 compute"),
+)
+
+
+def get_sweep() -> Sweep:
+    return Sweep(name="flagship", config="configs/flagship.py", rows=ABLATIONS)

@@ -1,0 +1,20 @@
+"""configs/flagship_cpu.py over 3 seeds, and what each of its ingredients buys.
+
+make sweep SWEEP=configs/sweeps/flagship_cpu.py ARGS=--only=full   # the flagship's 3 seeds
+make sweep SWEEP=configs/sweeps/flagship_cpu.py                    # and the ablation rows
+"""
+
+from fmnist_jax.sweep import Row, Sweep
+
+ABLATIONS = (
+    Row("full", (), "configs/flagship_cpu.py as it is"),
+    Row("no_tta", {"tta": "none"}, "no test-time augmentation"),
+    Row("no_translate", {"augment_translate": 0}, "no random translations"),
+    Row("random_flip", {"alternate_flip": False, "augment_flip": True}, "random flips, not alternating"),
+    Row("no_flip", {"alternate_flip": False}, "no flips"),
+    Row("no_label_smoothing", {"label_smoothing": 0.0}, "no label smoothing"),
+)
+
+
+def get_sweep() -> Sweep:
+    return Sweep(name="flagship_cpu", config="configs/flagship_cpu.py", rows=ABLATIONS)
