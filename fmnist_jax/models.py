@@ -235,6 +235,8 @@ COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # entry here (and a config); nothing else in the package knows the architectures.
 MODEL_CLASSES: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN, "resnet": ResNet}
 RESNET_BLOCKS = ("pool", "basic", "preact")
+# The fields a family cannot do without (the rest have defaults).
+REQUIRED_FIELDS = {"mlp": ("hidden",), "cnn": ("conv_features",), "resnet": ("stage_features",)}
 HEAD_POOLS = ("max", "avg")
 MODELS = tuple(MODEL_CLASSES)
 Need = Callable[[bool, str, str], None]  # need(ok, field, why): reports a field that is not ok.
@@ -295,6 +297,8 @@ def check_model_config(m: ml_collections.ConfigDict, need: Need) -> None:
         "model.activation",
         f"unknown activation, expected one of {tuple(ACTIVATIONS)}",
     )
+    for field in REQUIRED_FIELDS[m.name]:
+        need(field in m, "model.name", f"needs model.{field} (the family's required field)")
     FIELD_CHECKS[m.name](m, need)
 
 
