@@ -73,15 +73,12 @@ def predict_files(
     par = parallel.DataParallel("jit", jax.local_devices()[:1])
     _, template = steps.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=1)
     state, _ = checkpointing.restore(manager, step, template, par.replicated)
-    normalize = config.normalize
+    options = steps.eval_options(config)
 
     @jax.jit
     def probabilities(images: jax.Array) -> jax.Array:
-        variables = {"params": state.params}
-        if state.batch_stats:
-            variables["batch_stats"] = state.batch_stats
-        logits = state.apply_fn(variables, steps.preprocess(images, normalize), train=False)
-        return jax.nn.softmax(logits)
+        # As evaluation scores: the moving average if the run kept one, and its test-time views.
+        return jax.nn.softmax(steps.eval_logits(state, images, **options))
 
     results: list[dict[str, Any]] = []
     for path in paths:

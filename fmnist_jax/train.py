@@ -573,12 +573,12 @@ def write_report(run: Run, results: dict[str, Any]) -> None:
 
     # Host copies: process 0 computes alone here, so no global (multi-process) arrays.
     state = run.par.single_copy(run.state)
-    variables = jax.device_get(steps.model_variables(state, state.params))
-    normalize = run.config.normalize
+    variables = jax.device_get(steps.model_variables(state, steps.eval_params(state)))
+    options = steps.eval_options(run.config)
 
     @jax.jit
     def predict(images: jax.Array) -> jax.Array:
-        return jnp.argmax(state.apply_fn(variables, steps.preprocess(images, normalize), train=False), -1)
+        return jnp.argmax(steps.eval_logits(state, images, **options), -1)
 
     splits = run.splits
     out = report.write_report(

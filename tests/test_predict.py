@@ -155,6 +155,28 @@ def test_dataset_image_round_trips_and_light_background_is_inverted(trained, spl
         assert len(probs) == 3 and probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-6
 
 
+def test_predict_scores_as_evaluation_does_moving_average_and_test_time_views(splits, tmp_path):
+    """A run with a moving average of the weights and flip TTA: predict's probabilities
+    are the softmax of `eval_logits` (the average, both views), not of the latest params."""
+    config = load_config("mlp_256")
+    config.update(
+        {"num_epochs": 1, "batch_size": 256, "ema_decay": 0.99, "tta": "flip", "write_report": False}
+    )
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+    manager = checkpointing.create_manager(str(tmp_path / "run"), create=False)
+    _, template = steps.create_train_state(config, jax.random.PRNGKey(0), 1)
+    state, _ = checkpointing.restore(manager, manager.best_step(), template)
+    image = splits["test"].images[7]
+    Image.fromarray(image[:, :, 0]).save(tmp_path / "x.png")
+    [result] = predict.predict_files(str(tmp_path / "run"), [str(tmp_path / "x.png")])
+    got = {t["class"]: t["probability"] for t in result["top"]}
+    expected = np.asarray(jax.nn.softmax(steps.eval_logits(state, image[None], tta="flip")))[0]
+    latest = np.asarray(jax.nn.softmax(steps.eval_logits(state.replace(ema_params=None), image[None])))[0]
+    for name, p in got.items():
+        assert p == pytest.approx(float(expected[CLASS_NAMES.index(name)]), abs=1e-6)
+    assert np.max(np.abs(expected - latest)) > 1e-4
+
+
 def test_bad_files_get_an_error_and_the_rest_are_classified(trained, splits, tmp_path):
     image, expected = confident_test_image(trained, splits)
     Image.fromarray(image).save(tmp_path / "good.png")

@@ -54,9 +54,10 @@ def jax_setup(name: str) -> tuple[Any, ...]:
     par = parallel.DataParallel("jit")
     splits = input_pipeline.load_splits(config.data_dir, config.validation_fraction, config.split_seed)
     split = splits["train"]
-    _, state = steps.create_train_state(config, jax.random.PRNGKey(0), len(split) // config.batch_size)
+    steps_per_epoch = len(split) // config.batch_size
+    _, state = steps.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch)
     data = par.put_dataset((split.images, split.labels.astype(np.int32)))
-    step = steps.configured_train_step(config, par.axis_name)
+    step = steps.configured_train_step(config, par.axis_name, steps_per_epoch)
     return config, par, splits, par.put_state(state), data, step, jax.random.PRNGKey(1)
 
 
