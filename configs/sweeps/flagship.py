@@ -10,7 +10,6 @@ from fmnist_jax.sweep import Row, Sweep
 ABLATIONS = (
     Row("full", (), "configs/flagship.py as it is"),
     *flagship_cpu.ABLATIONS[1:],
-    Row("no_cutout", {"augment_cutout": 0}, "no cutout"),
     Row("float32", {"compute_dtype": "float32"}, "float32 compute"),
 )
 

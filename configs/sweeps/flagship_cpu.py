@@ -13,8 +13,13 @@ ABLATIONS = (
     Row("random_flip", {"alternate_flip": False, "augment_flip": True}, "random flips, not alternating"),
     Row("no_flip", {"alternate_flip": False}, "no flips"),
     Row("no_label_smoothing", {"label_smoothing": 0.0}, "no label smoothing"),
+    Row("no_cutout", {"augment_cutout": 0}, "no cutout"),
+)
+# The recipe's first version, for comparison.
+EARLIER = (
+    Row("no_cutout_28_epochs", {"augment_cutout": 0, "num_epochs": 28}, "no cutout, 28 epochs (version 1)"),
 )
 
 
 def get_sweep() -> Sweep:
-    return Sweep(name="flagship_cpu", config="configs/flagship_cpu.py", rows=ABLATIONS)
+    return Sweep(name="flagship_cpu", config="configs/flagship_cpu.py", rows=ABLATIONS + EARLIER)
