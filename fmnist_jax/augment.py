@@ -133,5 +133,5 @@ def tta_views(x: jax.Array, mode: str, max_shift: int = 1) -> list[jax.Array]:
         raise ValueError(f"tta={mode!r} is not one of {TTA_MODES}")
     views = [x] if mode == "none" else [x, flip(x)]
     if mode == "flip_translate":
-        views += [shift(v, d, d) for d in (-max_shift, max_shift) for v in (x, flip(x))]
+        views += [shift(v, d, d) for d in (-max_shift, max_shift) for v in views[:2]]
     return views

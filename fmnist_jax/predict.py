@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from fmnist_jax import CLASS_NAMES, checkpointing, evaluate, parallel, steps
+from fmnist_jax import CLASS_NAMES, evaluate, parallel, steps
 
 MAX_FILE_BYTES = 50 * 1024 * 1024
 MAX_PIXELS = 50_000_000
@@ -68,11 +68,8 @@ def predict_files(
 ) -> list[dict[str, Any]]:
     """Top-`top` classes with probabilities for each path; failures carry an 'error'."""
     config = evaluate.load_workdir_config(workdir)
-    manager = checkpointing.create_manager(workdir, create=False)
-    step = checkpointing.select_step(manager, which)
     par = parallel.DataParallel("jit", jax.local_devices()[:1])
-    _, template = steps.create_train_state(config, jax.random.PRNGKey(0), steps_per_epoch=1)
-    state, _ = checkpointing.restore(manager, step, template, par.replicated)
+    state, _ = evaluate.restore_checkpoint(workdir, config, which, par)
     options = steps.eval_options(config)
 
     @jax.jit
