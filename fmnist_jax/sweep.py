@@ -423,8 +423,12 @@ def main(argv: list[str] | None = None) -> int:
     def train(row: Row, seed: int, workdir: str) -> None:
         launch(command(row, seed, workdir), workdir, f"{row.name} seed {seed}")
 
+    # The table always covers the sweep's own seeds (plus any extra ones trained now), so
+    # training one seed never drops the others from it.
+    table_seeds = [*sweep.seeds, *(s for s in seeds if s not in sweep.seeds)]
+
     def write() -> None:
-        write_block(output, sweep.name, sweep_table(sweep, seeds, args.sweep), sweep.section)
+        write_block(output, sweep.name, sweep_table(sweep, table_seeds, args.sweep), sweep.section)
 
     code = run(
         rows, seeds, sweep.run_root(), train, write, args.table_only, command if args.dry_run else None

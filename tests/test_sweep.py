@@ -170,6 +170,24 @@ def test_only_trains_the_rows_it_names(tmp_path, monkeypatch):
     assert "| 0.5000 ± 0.0000 | n/a | 3/3 | 12 | machine A |" in _line(table, "lr_high")
 
 
+def test_training_some_seeds_keeps_the_others_in_the_table(tmp_path, monkeypatch):
+    def launch(command, workdir, label):
+        row, seed = workdir.split(os.sep)[-2:]
+        _fake_result(str(tmp_path / "runs"), row, int(seed.removeprefix("seed")), 0.5)
+
+    monkeypatch.setattr(sweep, "launch", launch)
+    path = _write_sweep(tmp_path)  # The sweep's seeds are 0 and 1.
+    _fake_result(str(tmp_path / "runs"), "base", 0, 0.7)
+    assert sweep.main([f"--sweep={path}", "--only=base", "--seeds=1"]) == 0
+    table = (tmp_path / "RESULTS.md").read_text()
+    assert "| 0.6000 ± 0.1414 | baseline | 2/2 |" in _line(table, "base")
+    assert "over seeds 0, 1." in table
+    # Extra seeds join the sweep's own, after them.
+    assert sweep.main([f"--sweep={path}", "--only=base", "--seeds=3"]) == 0
+    table = (tmp_path / "RESULTS.md").read_text()
+    assert "over seeds 0, 1, 3." in table and "| baseline | 3/3 |" in _line(table, "base")
+
+
 def test_a_dry_run_prints_the_commands_and_runs_nothing(tmp_path):
     path = _write_sweep(tmp_path)
     # As `make sweep` runs it: `python -m`, where the file's Sweep must be the package's.
