@@ -36,6 +36,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from fmnist_jax import pages
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -252,24 +254,16 @@ def write_block(path: str, name: str, content: str, section: str | None) -> None
     its first '## ' heading (all of a file that has none)."""
     begin, end = markers(name)
     block = f"{begin}\n{content.strip()}\n{end}"
-    text = ""
-    if os.path.isfile(path):
-        with open(path) as f:
-            text = f.read()
-    start = text.find(begin)
-    stop = text.find(end, start)
-    if start >= 0 and stop >= 0:
-        text = text[:start] + block + text[stop + len(end) :]
+    text = pages.read(path)
+    parts = pages.split(text, begin, end)
+    if parts:
+        text = parts[0] + block + parts[2]
     elif section is None:
         head = re.search(r"^## ", text, re.MULTILINE)
         text = block + "\n" + ("\n" + text[head.start() :] if head else "")
     else:
         text = _under_heading(text, section, block)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    pages.write(path, text)
 
 
 def _under_heading(text: str, section: str, block: str) -> str:

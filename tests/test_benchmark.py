@@ -12,6 +12,7 @@ from conftest import load_config
 from test_models import KERAS_PARAMS
 
 from fmnist_jax import benchmark, models, parallel, steps
+from fmnist_jax.benchmark import jax_bench
 
 # Every seed model: the README's parameter table claims each equals its Keras model's
 # (and test_models.py pins the counts).
@@ -213,6 +214,13 @@ def test_profile_times_the_step_s_operations():
             _, _op, computes, us, share, _ = line.split("|")
             rows.append((computes.strip(), float(us.replace(",", "")), float(share.strip(" %")) / 100))
     assert rows, table
+    # Every row but the loop (which holds the others), with the small ones and the rest of
+    # the wall time the trace names nothing for, adds up to the step's wall time.
+    others = float(
+        re.search(r"\| \d+ others, under 1 % each \| \| ([\d,.]+) \|", table).group(1).replace(",", "")
+    )
+    listed = sum(us for computes, us, _ in rows if not computes.endswith("/while"))
+    assert abs(listed + others - wall_us) <= 0.01 * wall_us + 1, table
     # Per step: each share is its time over the step's wall time, listed longest first
     # (shares to 0.1 %, times to 0.1 us, the wall time to 1 us in the table).
     for _, us, share in rows:
@@ -226,6 +234,39 @@ def test_profile_times_the_step_s_operations():
     # The first layer's matmul is one of the operations timed, with a positive time.
     dense = [us for computes, us, _ in rows if computes.startswith("Dense_0/")]
     assert dense and all(us > 0 for us in dense), table
+
+
+def test_conv_shapes_follow_the_network():
+    """cnn4's convolutions at batch 128, by hand: 28 -> 14 -> 7 -> 3 after each pool."""
+    assert jax_bench.conv_shapes(load_config("cnn4"), 128) == [
+        ((128, 28, 28, 1), (3, 3, 1, 32), "SAME"),
+        ((128, 14, 14, 32), (3, 3, 32, 64), "SAME"),
+        ((128, 7, 7, 64), (3, 3, 64, 128), "SAME"),
+        ((128, 3, 3, 128), (3, 3, 128, 256), "SAME"),
+    ]
+    # VALID convolutions shrink by the kernel less one before the pool.
+    config = load_config("cnn4")
+    config.model.padding = "VALID"
+    assert [x for x, _, _ in jax_bench.conv_shapes(config, 8)] == [
+        (8, 28, 28, 1), (8, 13, 13, 32), (8, 5, 5, 64), (8, 1, 1, 128),
+    ]  # fmt: skip
+
+
+def test_conv_table_rates(monkeypatch):
+    seconds = {(2, 4, 4, 3): 1e-6, (2, 4, 4, 1): 1e-7}
+    monkeypatch.setattr(jax_bench, "time_conv", lambda x, k, padding, dtype: seconds[x])
+    table = jax_bench.conv_table(
+        [((2, 4, 4, 3), (3, 3, 3, 5), "SAME"), ((2, 4, 4, 1), (2, 2, 1, 5), "VALID")]
+    )
+    # 3 passes x 2 x 2 images x 16 outputs x 3x3x3x5 = 25,920 FLOP in 1 us; the first
+    # layer's input gradient is not computed (2 passes): 2 x 2 x 2 x 9 outputs x 2x2x1x5 = 1,440 in 0.1 us.
+    assert "| 2x4x4x3 | 3x3x3x5 | 0.00 | 26 |" in table
+    assert "| 2x4x4x1 | 2x2x1x5 | 0.00 | 14 |" in table
+
+
+def test_time_conv_runs_the_training_convolution():
+    assert 0 < jax_bench.time_conv((2, 6, 6, 3), (3, 3, 3, 4), "SAME", seconds=0.01) < 1
+    assert 0 < jax_bench.time_conv((2, 6, 6, 1), (3, 3, 1, 4), "VALID", "bfloat16", seconds=0.01) < 1
 
 
 # --------------------------------------------- peers in steady state, the limit

@@ -140,11 +140,95 @@ def profile_ops(name: str, num_steps: int = 200) -> str:
             f"no operation of the compiled program is named in the trace ({jax.default_backend()})"
         )
     per_step_us = wall / num_steps * 1e6
+    # Loops hold other operations: only the rest counts as timed.
+    timed = sum(us for op, us in totals.items() if not what[op].endswith("/while"))
+    if (rest := per_step_us * num_steps - timed) > 0:
+        totals[UNATTRIBUTED] = rest
+        what[UNATTRIBUTED] = "the rest of the wall time: untraced work (XLA:CPU's convolutions) and idle time"
     header = (
         f"`{name}` (batch {batch}): {num_steps} scanned steps traced, {per_step_us:,.0f} us per step "
         f"wall ({batch / per_step_us * 1e6:,.0f} img/s under the profiler), {machine()}."
     )
-    return _op_table(header, totals, what, per_step_us, num_steps)
+    table = _op_table(header, totals, what, per_step_us, num_steps)
+    convs = conv_shapes(config, batch)
+    return table + ("\n\n" + conv_table(convs, config.compute_dtype) if convs else "")
+
+
+# XLA:CPU's convolutions run on its thread pool, outside the operations the trace times.
+UNATTRIBUTED = "(unattributed)"
+
+
+def conv_shapes(config: Any, batch: int) -> list[tuple[tuple[int, ...], tuple[int, ...], str]]:
+    """(input shape, kernel shape, padding) of each convolution of a CNN config, in order."""
+    from fmnist_jax.benchmark.common import network
+
+    net = network(config)
+    shapes, size, channels = [], 28, 1
+    for block in net.conv:
+        k = block.kernel_size
+        shapes.append(((batch, size, size, channels), (k, k, channels, block.features), block.padding))
+        size = size if block.padding == "SAME" else size - k + 1
+        size = size // 2 if net.pool else size
+        channels = block.features
+    return shapes
+
+
+def time_conv(
+    x_shape: tuple[int, ...],
+    k_shape: tuple[int, ...],
+    padding: str,
+    dtype: str = "float32",
+    seconds: float = 1.0,
+) -> float:
+    """Seconds per forward + backward of one training convolution (ops.conv_general_dilated),
+    the input's gradient only past the first layer (one input channel), as in training."""
+    import jax
+    import jax.numpy as jnp
+
+    from fmnist_jax import ops
+
+    def loss(x: Any, k: Any, r: Any) -> Any:
+        return jnp.sum(ops.conv_general_dilated(x, k, (1, 1), padding) * r)
+
+    wrt = (1,) if x_shape[-1] == 1 else (0, 1)
+    grad = jax.jit(jax.grad(loss, argnums=wrt))
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    x, k = jax.random.normal(keys[0], x_shape, dtype), jax.random.normal(keys[1], k_shape, dtype)
+    r = jax.random.normal(
+        keys[2], jax.eval_shape(lambda: ops.conv_general_dilated(x, k, (1, 1), padding)).shape, dtype
+    )
+    jax.block_until_ready(grad(x, k, r))
+    return timed_rate(lambda: grad(x, k, r), seconds)
+
+
+def timed_rate(run: Callable[[], Any], seconds: float) -> float:
+    """Seconds per call of `run`, over at least `seconds` of back-to-back calls."""
+    import jax
+
+    n, start = 0, time.perf_counter()
+    while True:
+        jax.block_until_ready(run())
+        n += 1
+        if (elapsed := time.perf_counter() - start) >= seconds:
+            return elapsed / n
+
+
+def conv_table(shapes: list[tuple[tuple[int, ...], tuple[int, ...], str]], dtype: str = "float32") -> str:
+    """Each convolution's forward + backward timed alone, in ms and GFLOP/s."""
+    lines = [
+        f"Each convolution alone ({dtype}, forward + backward, jitted, as in training):",
+        "",
+        "| input | kernel | ms | GFLOP/s |",
+        "|---|---|---|---|",
+    ]
+    for x_shape, k_shape, padding in shapes:
+        seconds = time_conv(x_shape, k_shape, padding, dtype)
+        out = x_shape[1] if padding == "SAME" else x_shape[1] - k_shape[0] + 1
+        passes = 2 if x_shape[-1] == 1 else 3
+        flops = passes * 2 * x_shape[0] * out * out * k_shape[0] * k_shape[1] * k_shape[2] * k_shape[3]
+        shown = "x".join(map(str, x_shape)), "x".join(map(str, k_shape))
+        lines.append(f"| {shown[0]} | {shown[1]} | {seconds * 1e3:.2f} | {flops / seconds / 1e9:.0f} |")
+    return "\n".join(lines)
 
 
 # -------------------------------------------------------------------- speed

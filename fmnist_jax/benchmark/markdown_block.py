@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from fmnist_jax import pages
 from fmnist_jax.benchmark import limits
 
 
@@ -24,21 +25,12 @@ def class_markers(block: str, hardware_class: str) -> tuple[str, str]:
 BEGIN, END = markers()
 
 
-def _split(page: str, begin: str, end: str) -> tuple[str, str, str] | None:
-    """(before `begin`, between the markers, after `end`), None without both."""
-    if begin not in page or end not in page:
-        return None
-    head, rest = page.split(begin, 1)
-    inner, tail = rest.split(end, 1)
-    return head, inner, tail
-
-
 def _with_class_block(inner: str, block: str, text: str, hardware_class: str) -> str:
     """`inner` with the class's block replaced by `text`, or `text` added in a new class
     block at its end; every other line as it was."""
     begin, end = class_markers(block, hardware_class)
     new = f"{begin}\n{text}\n{end}"
-    parts = _split(inner, begin, end)
+    parts = pages.split(inner, begin, end)
     if parts:
         return f"{parts[0]}{new}{parts[2]}"
     return f"{inner.rstrip()}\n\n{new}\n" if inner.strip() else f"\n{new}\n"
@@ -54,18 +46,13 @@ def update_markdown(
     (and `path` unchanged) where the block is absent or holds class blocks."""
     if not os.path.isfile(path):
         return False
-    with open(path) as f:
-        page = f.read()
-    parts = _split(page, *markers(block))
+    parts = pages.split(pages.read(path), *markers(block))
     if parts is None or (hardware_class is None and f"<!-- {block} [" in parts[1]):
         return False
     head, inner, tail = parts
     inner = f"\n{text}\n" if hardware_class is None else _with_class_block(inner, block, text, hardware_class)
     begin, end = markers(block)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(f"{head}{begin}{inner}{end}{tail}")
-    os.replace(tmp, path)
+    pages.write(path, f"{head}{begin}{inner}{end}{tail}")
     return True
 
 
