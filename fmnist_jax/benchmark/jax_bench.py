@@ -158,12 +158,16 @@ def profile_ops(name: str, num_steps: int = 200) -> str:
 UNATTRIBUTED = "(unattributed)"
 
 
-def conv_shapes(config: Any, batch: int) -> list[tuple[tuple[int, ...], tuple[int, ...], str]]:
+ConvShape = tuple[tuple[int, ...], tuple[int, ...], str]  # (input shape, kernel shape, padding)
+
+
+def conv_shapes(config: Any, batch: int) -> list[ConvShape]:
     """(input shape, kernel shape, padding) of each convolution of a CNN config, in order."""
     from fmnist_jax.benchmark.common import network
 
     net = network(config)
-    shapes, size, channels = [], 28, 1
+    shapes: list[ConvShape] = []
+    size, channels = 28, 1
     for block in net.conv:
         k = block.kernel_size
         shapes.append(((batch, size, size, channels), (k, k, channels, block.features), block.padding))
@@ -213,7 +217,7 @@ def timed_rate(run: Callable[[], Any], seconds: float) -> float:
             return elapsed / n
 
 
-def conv_table(shapes: list[tuple[tuple[int, ...], tuple[int, ...], str]], dtype: str = "float32") -> str:
+def conv_table(shapes: list[ConvShape], dtype: str = "float32") -> str:
     """Each convolution's forward + backward timed alone, in ms and GFLOP/s."""
     lines = [
         f"Each convolution alone ({dtype}, forward + backward, jitted, as in training):",
