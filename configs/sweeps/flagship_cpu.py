@@ -19,7 +19,8 @@ ABLATIONS = (
 EARLIER = (
     Row("no_cutout_28_epochs", {"augment_cutout": 0, "num_epochs": 28}, "no cutout, 28 epochs (version 1)"),
 )
-# Candidates for the next version (`full` averages 0.9439, short of 0.945).
+# Candidates for the next version (`full` averages 0.9439, short of 0.945). epochs_36, seeds
+# 0 and 1: 0.9456, 0.9403 (2-core Zen 4): no better than `full` within the seeds' spread.
 NEXT = (Row("epochs_36", {"num_epochs": 36}, "36 epochs (about 26.5 min of training here)"),)
 
 
