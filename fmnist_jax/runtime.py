@@ -20,6 +20,8 @@ from typing import Any
 
 import jax
 
+from fmnist_jax import pages
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -194,11 +196,7 @@ def prepare_workdir(workdir: str) -> None:
 
 def write_json(path: str, payload: Any) -> None:
     """Writes JSON atomically: a reader never sees a half-written file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    pages.write(path, json.dumps(payload, indent=2) + "\n")
 
 
 def compilation_cache_dir(setting: str = "auto") -> str | None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fmnist_jax import evaluate, input_pipeline, steps
+from fmnist_jax.benchmark import limits
 from fmnist_jax.benchmark.common import TARGET_ACCURACY, load_config, machine, peak_rss_mib, timed_steps
 
 WINDOWS = 5  # Timed windows per JAX child for the real and the synthetic input.
@@ -227,9 +228,8 @@ def conv_table(shapes: list[ConvShape], dtype: str = "float32") -> str:
     ]
     for x_shape, k_shape, padding in shapes:
         seconds = time_conv(x_shape, k_shape, padding, dtype)
-        out = x_shape[1] if padding == "SAME" else x_shape[1] - k_shape[0] + 1
         passes = 2 if x_shape[-1] == 1 else 3
-        flops = passes * 2 * x_shape[0] * out * out * k_shape[0] * k_shape[1] * k_shape[2] * k_shape[3]
+        flops = passes * limits.conv_flops(x_shape, k_shape, padding)
         shown = "x".join(map(str, x_shape)), "x".join(map(str, k_shape))
         lines.append(f"| {shown[0]} | {shown[1]} | {seconds * 1e3:.2f} | {flops / seconds / 1e9:.0f} |")
     return "\n".join(lines)

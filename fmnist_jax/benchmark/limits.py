@@ -17,6 +17,14 @@ MATMUL_REPEATS = 5  # The best of these counts (after one warm-up).
 INPUT_SIZE, INPUT_CHANNELS = 28, 1  # Fashion-MNIST images.
 
 
+def conv_flops(x_shape: tuple[int, ...], k_shape: tuple[int, ...], padding: str) -> int:
+    """Forward FLOPs of one stride-1 NHWC convolution of the batch `x_shape` (HWIO kernel,
+    'SAME' or 'VALID'): two per multiply-add, padded taps included."""
+    k, out = k_shape[0], x_shape[1]
+    out = out if padding == "SAME" else out - k + 1
+    return 2 * x_shape[0] * out * out * k * k_shape[1] * k_shape[2] * k_shape[3]
+
+
 def layer_flops(config: Any) -> list[int]:
     """Forward FLOPs per image of each convolution and dense layer of the config's
     network, logits included, in order: two per multiply-add. Biases, batch norm,
@@ -26,8 +34,8 @@ def layer_flops(config: Any) -> list[int]:
     channels, size = INPUT_CHANNELS, INPUT_SIZE
     for block in net.conv:
         k = block.kernel_size
+        flops.append(conv_flops((1, size, size, channels), (k, k, channels, block.features), block.padding))
         size = size if block.padding == "SAME" else size - k + 1
-        flops.append(2 * size * size * k * k * channels * block.features)
         channels = block.features
         size = size // 2 if net.pool else size  # 2x2 pooling floors odd sizes.
     width = channels * size * size
