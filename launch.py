@@ -1,7 +1,7 @@
 """Entry point: parses flags and hands over to the library (fmnist_jax.train).
 
     python launch.py --config=configs/cnn4.py [--workdir=runs/cnn4] [--config.num_epochs=3]
-    python launch.py --mode=eval --workdir=runs/cnn4 [--checkpoint=best|latest|STEP]
+    python launch.py --mode=eval --workdir=runs/cnn4 [--checkpoint=best|latest|STEP] [--tta=none]
     python launch.py --mode=ensemble --workdir=runs/a --workdir=runs/b [--output=runs/ensemble.json]
     python launch.py --mode=lr_find --config=configs/mlp_4x2.py [--workdir=runs/lr_find]
     python launch.py --mode=predict --workdir=runs/cnn4 --image=a.png [--image=b.jpg ...]
@@ -39,6 +39,12 @@ _WORKDIR = flags.DEFINE_multi_string(
 )
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", "best", "eval, predict, ensemble: 'best', 'latest' or a step number."
+)
+_TTA = flags.DEFINE_enum(
+    "tta",
+    None,
+    ["none", "flip", "flip_translate"],
+    "eval, ensemble: this test-time augmentation instead of the one each run trained with.",
 )
 _OUTPUT = flags.DEFINE_string("output", "runs/ensemble.json", "ensemble: where its report (JSON) goes.")
 _DISTRIBUTED = flags.DEFINE_bool(
@@ -89,13 +95,13 @@ def eval_mode() -> None:
         raise app.UsageError("--mode=eval needs --workdir (the training run's directory)")
     from fmnist_jax import evaluate
 
-    evaluate.evaluate_checkpoint(workdir, _CHECKPOINT.value)
+    evaluate.evaluate_checkpoint(workdir, _CHECKPOINT.value, _TTA.value)
 
 
 def ensemble_mode() -> None:
     from fmnist_jax import ensemble
 
-    ensemble.evaluate_ensemble(_WORKDIR.value, _CHECKPOINT.value, _OUTPUT.value)
+    ensemble.evaluate_ensemble(_WORKDIR.value, _CHECKPOINT.value, _OUTPUT.value, _TTA.value)
 
 
 def training_mode(mode: str) -> None:

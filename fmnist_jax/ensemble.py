@@ -65,15 +65,18 @@ def summarize_logits(logits: Sequence[np.ndarray], labels: np.ndarray) -> dict[s
     return evaluate.summarize_eval(float(sums["loss_sum"]), np.asarray(sums["confusion"]))
 
 
-def evaluate_ensemble(workdirs: Sequence[str], which: str, output: str) -> dict[str, Any]:
+def evaluate_ensemble(
+    workdirs: Sequence[str], which: str, output: str, tta: str | None = None
+) -> dict[str, Any]:
     """Restores checkpoint `which` ('best', 'latest' or a step) of every training run in
     `workdirs`, evaluates the mean of their logits on validation and test, and writes
-    the report (members, loss, accuracy, per-class accuracy, confusion matrix) to `output`."""
+    the report (members, loss, accuracy, per-class accuracy, confusion matrix) to `output`.
+    With `tta`, every member uses that test-time augmentation instead of its own."""
     if not workdirs:
         raise configuration.ConfigError("--mode=ensemble needs at least one --workdir (a training run)")
     if jax.process_count() > 1:
         raise configuration.ConfigError("--mode=ensemble runs in one process")
-    configs = [evaluate.load_workdir_config(w) for w in workdirs]
+    configs = [evaluate.load_workdir_config(w, tta) for w in workdirs]
     check_same_split(workdirs, configs)
     runtime.prepare_workdir(os.path.dirname(output) or ".")  # An unwritable --output fails first.
     runtime.enable_compilation_cache(configs[0].get("compilation_cache", "auto"))

@@ -12,7 +12,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fmnist_jax import CLASS_NAMES, NUM_CLASSES, checkpointing, input_pipeline, parallel, runtime, steps
+from fmnist_jax import (
+    CLASS_NAMES,
+    NUM_CLASSES,
+    augment,
+    checkpointing,
+    configuration,
+    input_pipeline,
+    parallel,
+    runtime,
+    steps,
+)
 
 Metrics = steps.Metrics
 TrainState = steps.TrainState
@@ -57,8 +67,9 @@ def evaluate(
     return summarize_eval(float(loss_sum), np.asarray(confusion))
 
 
-def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
-    """The resolved config a training run saved in `workdir/config.json`."""
+def load_workdir_config(workdir: str, tta: str | None = None) -> ml_collections.ConfigDict:
+    """The resolved config a training run saved in `workdir/config.json`; with `tta`, that
+    test-time augmentation in place of the run's own (evaluation only: training never reads it)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         raise checkpointing.CheckpointError(
@@ -66,7 +77,12 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
             + ("" if os.path.isdir(workdir) else " (it does not exist)")
         )
     with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+        config = ml_collections.ConfigDict(json.load(f))
+    if tta is not None:
+        if tta not in augment.TTA_MODES:
+            raise configuration.ConfigError(f"tta={tta!r}: expected one of {augment.TTA_MODES}")
+        config.tta = tta
+    return config
 
 
 def restore_checkpoint(
@@ -83,10 +99,11 @@ def restore_checkpoint(
     return state, step
 
 
-def evaluate_checkpoint(workdir: str, which: str = "best") -> dict[str, Any]:
+def evaluate_checkpoint(workdir: str, which: str = "best", tta: str | None = None) -> dict[str, Any]:
     """Restores checkpoint `which` ('best', 'latest' or a step) onto this process's
-    devices, evaluates validation and test, and writes `workdir/eval_<step>.json`."""
-    config = load_workdir_config(workdir)
+    devices, evaluates validation and test, and writes `workdir/eval_<step>.json`
+    (`eval_<step>_tta_<tta>.json` when `tta` replaces the run's test-time augmentation)."""
+    config = load_workdir_config(workdir, tta)
     # Workdirs written before the field existed use the default.
     runtime.enable_compilation_cache(config.get("compilation_cache", "auto"))
     par = parallel.DataParallel("jit")  # Whatever devices this process has.
@@ -97,16 +114,18 @@ def evaluate_checkpoint(workdir: str, which: str = "best") -> dict[str, Any]:
         "config": config.name,
         "checkpoint": which,
         "step": step,
+        "tta": steps.eval_options(config)["tta"],
         "validation": evaluate(eval_fn, state, splits["validation"], config.eval_batch_size, par),
         "test": evaluate(eval_fn, state, splits["test"], config.eval_batch_size, par),
         **runtime.provenance(),
     }
+    path = os.path.join(workdir, f"eval_{step}{'' if tta is None else f'_tta_{tta}'}.json")
     if jax.process_index() == 0:
-        runtime.write_json(os.path.join(workdir, f"eval_{step}.json"), report)
+        runtime.write_json(path, report)
     print(
-        f"{config.name} checkpoint {step} ({which}): validation accuracy "
+        f"{config.name} checkpoint {step} ({which}, tta {report['tta']}): validation accuracy "
         f"{report['validation']['accuracy']:.4f}, test loss {report['test']['loss']:.4f} "
-        f"accuracy {report['test']['accuracy']:.4f} -> {os.path.join(workdir, f'eval_{step}.json')}",
+        f"accuracy {report['test']['accuracy']:.4f} -> {path}",
         flush=True,
     )
     return report

@@ -8,7 +8,10 @@ A sweep file defines `get_sweep()` returning a `Sweep`: a base config file, rows
 name, `--config.FIELD=VALUE` overrides or a {FIELD: VALUE} dict, and a note of what the
 row changes), seeds, where the runs go (default `runs/sweeps/<name>/`) and the markdown
 file and section the table goes to. The first row is the baseline the others are compared
-with.
+with. A row with `evaluates=ROW` trains nothing: its only override is `tta`, and each of its
+seeds is ROW's final checkpoint of that seed evaluated with it (`launch.py --mode=ensemble`
+of that one run, with `--tta`), into `<root>/<row>/seed<k>/eval.json` and a results.json
+that carries ROW's training time and machine.
 
 Each (row, seed) trains with `launch.py` in its own process into `<root>/<row>/seed<k>/`,
 its log in `train.log` there. A run whose `results.json` exists is finished and is never
@@ -55,6 +58,7 @@ class Row:
     overrides: Sequence[str] | Mapping[str, Any] = ()  # ("--config.X=Y", ...) or {"X": Y}
     note: str = ""
     config: str = ""  # A config file for this row instead of the sweep's.
+    evaluates: str = ""  # Another row whose trained runs this row evaluates (overrides: tta only).
 
     @property
     def flags(self) -> tuple[str, ...]:
@@ -62,6 +66,16 @@ class Row:
         if isinstance(self.overrides, Mapping):
             return tuple(f"--config.{k}={v}" for k, v in self.overrides.items())
         return tuple(self.overrides)
+
+    @property
+    def fields(self) -> dict[str, str]:
+        """The overrides as {FIELD: VALUE} strings."""
+        pairs = (f.removeprefix("--config.").split("=", 1) for f in self.flags)
+        return {field: value for field, value in pairs}
+
+
+# The only fields a row that evaluates another row's runs may set.
+EVAL_FIELDS = ("tta",)
 
 
 @dataclass(frozen=True)
@@ -127,6 +141,50 @@ def launch_command(config: str, flags: Sequence[str], seed: int, workdir: str) -
         "--config.write_report=False",
         *flags,
     ]
+
+
+def eval_command(base_workdir: str, fields: Mapping[str, str], workdir: str) -> list[str]:
+    """launch.py evaluating the final checkpoint of the run in `base_workdir` with the
+    evaluation `fields` (EVAL_FIELDS) into `workdir`/eval.json."""
+    return [
+        sys.executable,
+        os.path.join(ROOT, "launch.py"),
+        "--mode=ensemble",
+        f"--workdir={base_workdir}",
+        "--checkpoint=latest",
+        *(f"--{k}={v}" for k, v in fields.items()),
+        f"--output={os.path.join(workdir, 'eval.json')}",
+    ]
+
+
+def evaluation_result(base: dict, report: dict, base_workdir: str) -> dict:
+    """The results.json of a row that evaluates another row's run: the evaluation's
+    numbers, the trained run's training time and machine."""
+    return {
+        "test": report["test"],
+        "validation": report["validation"],
+        "step": report["members"][0]["step"],
+        "tta": report["members"][0]["tta"],
+        "evaluated": base_workdir,
+        "train_seconds": base["train_seconds"],
+        "machine": base.get("machine", "unknown"),
+        "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def evaluate_run(base_workdir: str, fields: Mapping[str, str], workdir: str, label: str) -> None:
+    """Evaluates the finished run in `base_workdir` with `fields` (eval_command) and writes
+    `workdir`/results.json; RuntimeError (one line) if that run has not finished."""
+    base = load_result(base_workdir)
+    if base is None:
+        raise RuntimeError(f"{label} evaluates {base_workdir}, which has not finished: train it first")
+    launch(eval_command(base_workdir, fields, workdir), workdir, label)
+    with open(os.path.join(workdir, "eval.json")) as f:
+        report = json.load(f)
+    pages.write(
+        os.path.join(workdir, "results.json"),
+        json.dumps(evaluation_result(base, report, base_workdir), indent=2) + "\n",
+    )
 
 
 def launch(command: list[str], workdir: str, label: str) -> None:
@@ -313,6 +371,22 @@ def check_sweep(sweep: Sweep, path: str) -> None:
             raise SweepError(f"{path}: row {row.name}: overrides are --config.FIELD=VALUE, not {flags}")
         if not os.path.isfile(sweep.config_file(row)):
             raise SweepError(f"{path}: row {row.name}: no config file {sweep.config_file(row)}")
+        if row.evaluates:
+            _check_evaluating_row(sweep, row, path)
+
+
+def _check_evaluating_row(sweep: Sweep, row: Row, path: str) -> None:
+    """SweepError unless `row` evaluates an earlier training row and sets only EVAL_FIELDS."""
+    earlier = sweep.rows[: sweep.rows.index(row)]
+    if row.evaluates not in [r.name for r in earlier if not r.evaluates]:
+        raise SweepError(
+            f"{path}: row {row.name}: evaluates={row.evaluates!r} is not an earlier row that trains"
+        )
+    others = sorted(set(row.fields) - set(EVAL_FIELDS)) + (["config"] if row.config else [])
+    if others or not row.fields:
+        raise SweepError(
+            f"{path}: row {row.name} evaluates {row.evaluates}'s runs: it sets only {EVAL_FIELDS}, not {others}"
+        )
 
 
 def shown_path(path: str) -> str:
@@ -362,6 +436,8 @@ def _changes(row: Row) -> str:
     flags = ", ".join(f"`{f.removeprefix('--config.')}`" for f in row.flags)
     if row.config:
         flags = ", ".join(x for x in (f"`{row.config}`", flags) if x)
+    if row.evaluates:
+        flags += f"; `{row.evaluates}`'s models, not retrained"
     return _cell(" ".join(x for x in (row.note, f"({flags})" if flags and row.note else flags) if x) or "—")
 
 
@@ -392,6 +468,11 @@ def _machines(done: dict[int, dict]) -> str:
     )
 
 
+def evaluated_dir(sweep: Sweep, row: Row, seed: int) -> str:
+    """The run directory of `seed` of the row that `row` evaluates."""
+    return run_dir(sweep.run_root(), next(r for r in sweep.rows if r.name == row.evaluates), seed)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -412,10 +493,16 @@ def main(argv: list[str] | None = None) -> int:
     output = os.path.join(ROOT, sweep.output)
 
     def command(row: Row, seed: int, workdir: str) -> list[str]:
+        if row.evaluates:
+            return eval_command(evaluated_dir(sweep, row, seed), row.fields, workdir)
         return launch_command(sweep.config_file(row), row.flags, seed, workdir)
 
     def train(row: Row, seed: int, workdir: str) -> None:
-        launch(command(row, seed, workdir), workdir, f"{row.name} seed {seed}")
+        label = f"{row.name} seed {seed}"
+        if row.evaluates:
+            evaluate_run(evaluated_dir(sweep, row, seed), row.fields, workdir, label)
+        else:
+            launch(command(row, seed, workdir), workdir, label)
 
     # The table always covers the sweep's own seeds (plus any extra ones trained now), so
     # training one seed never drops the others from it.

@@ -4,6 +4,7 @@ markdown outside the sweep's markers untouched, and one-line errors."""
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -241,3 +242,77 @@ def test_a_missing_sweep_file_exits_1_without_a_traceback():
         timeout=60,
     )
     assert (out.returncode, out.stderr) == (1, "error: --sweep=configs/sweeps/nope.py: no such file\n")
+
+
+EVAL_SWEEP_FILE = """
+from fmnist_jax.sweep import Row, Sweep
+
+
+def get_sweep():
+    return Sweep(
+        name="tiny",
+        config="configs/mlp_4x2.py",
+        seeds=(0, 1),
+        rows=(Row("base", {tiny!r}, "the tiny run"), Row("base_flip", {flip!r}, "flips", evaluates="base")),
+        root={root!r},
+        output={output!r},
+    )
+"""
+
+
+def _write_eval_sweep(directory, flip=None):
+    path = directory / "eval.py"
+    path.write_text(
+        EVAL_SWEEP_FILE.format(
+            tiny=TINY,
+            flip=flip or {"tta": "flip"},
+            root=str(directory / "runs"),
+            output=str(directory / "RESULTS.md"),
+        )
+    )
+    return str(path)
+
+
+def test_a_row_that_evaluates_another_rows_runs_trains_nothing(tiny, tmp_path):
+    from fmnist_jax import evaluate
+
+    shutil.copytree(tiny[0] / "runs" / "base", tmp_path / "runs" / "base")
+    path = _write_eval_sweep(tmp_path)
+    assert sweep.main([f"--sweep={path}"]) == 0
+    bases = {s: str(tmp_path / "runs" / "base" / f"seed{s}") for s in (0, 1)}
+    assert {s: _launches(w) for s, w in bases.items()} == {0: 1, 1: 1}  # Not retrained.
+    table = (tmp_path / "RESULTS.md").read_text()
+    accuracies = []
+    for seed, base in bases.items():
+        result = sweep.load_result(str(tmp_path / "runs" / "base_flip" / f"seed{seed}"))
+        expected = evaluate.evaluate_checkpoint(base, "latest", tta="flip")
+        assert result["test"]["confusion_matrix"] == expected["test"]["confusion_matrix"]
+        assert result["test"]["loss"] == pytest.approx(expected["test"]["loss"], rel=1e-5)
+        assert result["tta"] == "flip"
+        trained = sweep.load_result(base)
+        assert (result["train_seconds"], result["machine"]) == (trained["train_seconds"], trained["machine"])
+        assert result["step"] == trained["step"]
+        accuracies.append(result["test"]["accuracy"])
+    line = _line(table, "base_flip")
+    assert line.startswith("| `base_flip` | flips (`tta=flip`; `base`'s models, not retrained) | ")
+    assert f"| {statistics.fmean(accuracies):.4f} ± {statistics.stdev(accuracies):.4f} |" in line
+    stamp = os.stat(tmp_path / "runs" / "base_flip" / "seed0" / "results.json").st_mtime_ns
+    assert sweep.main([f"--sweep={path}"]) == 0  # Finished: not evaluated again.
+    assert os.stat(tmp_path / "runs" / "base_flip" / "seed0" / "results.json").st_mtime_ns == stamp
+
+
+def test_an_evaluating_row_needs_its_runs_and_evaluation_fields_only(tmp_path, capsys):
+    path = _write_eval_sweep(tmp_path)
+    assert sweep.main([f"--sweep={path}", "--only=base_flip"]) == 1
+    err = capsys.readouterr().err
+    seed0 = tmp_path / "runs" / "base" / "seed0"
+    assert err == f"error: base_flip seed 0 evaluates {seed0}, which has not finished: train it first\n"
+    bad = _write_eval_sweep(tmp_path, flip={"tta": "flip", "num_epochs": 3})
+    assert sweep.main([f"--sweep={bad}"]) == 1
+    assert capsys.readouterr().err == (
+        f"error: {bad}: row base_flip evaluates base's runs: it sets only ('tta',), not ['num_epochs']\n"
+    )
+    text = (tmp_path / "eval.py").read_text()
+    (tmp_path / "eval.py").write_text(text.replace('evaluates="base"', 'evaluates="nope"'))
+    assert sweep.main([f"--sweep={bad}"]) == 1
+    assert "evaluates='nope' is not an earlier row that trains" in capsys.readouterr().err

@@ -332,3 +332,31 @@ def test_only_ensemble_takes_several_workdirs(runs):
     workdirs, _ = runs
     rc, out = launch("--mode=eval", f"--workdir={workdirs['plain']}", f"--workdir={workdirs['tta']}")
     assert rc == 1 and "only --mode=ensemble takes several" in out and "Traceback" not in out
+
+
+def test_eval_with_another_tta_uses_those_views(runs, tiny_splits, tmp_path):
+    """--tta replaces the run's own views: the flip_translate run (shift 2) evaluated
+    without TTA, the plain run with flips, each against logits computed here; the run's
+    own eval_<step>.json is left alone."""
+    workdirs, results = runs
+    step = results["tta"]["step"]
+    rc, out = launch("--mode=eval", f"--workdir={workdirs['tta']}", "--checkpoint=latest", "--tta=none")
+    assert rc == 0, out
+    with open(os.path.join(workdirs["tta"], f"eval_{step}_tta_none.json")) as f:
+        written = json.load(f)
+    assert written["tta"] == "none" and not os.path.exists(os.path.join(workdirs["tta"], f"eval_{step}.json"))
+    cases = {"tta": ("none", SHIFT, written), "plain": ("flip", 1, None)}
+    for name, (tta, shift, report) in cases.items():
+        report = report or evaluate.evaluate_checkpoint(workdirs[name], "latest", tta=tta)
+        state = restored_state(workdirs[name])
+        for split_name in ("validation", "test"):
+            split = tiny_splits[split_name]
+            loss_sum, confusion = sums_here(split_logits_here(state, split, tta, shift), split.labels)
+            assert report[split_name]["confusion_matrix"] == confusion.tolist()
+            assert report[split_name]["loss"] == pytest.approx(loss_sum / len(split), rel=1e-5)
+    assert written["test"]["confusion_matrix"] != results["tta"]["test"]["confusion_matrix"]
+    ensembled = ensemble.evaluate_ensemble([workdirs["tta"]], "latest", str(tmp_path / "e.json"), tta="none")
+    assert ensembled["test"]["confusion_matrix"] == written["test"]["confusion_matrix"]
+    assert ensembled["members"][0]["tta"] == "none"
+    with pytest.raises(configuration.ConfigError, match=r"tta='mirror': expected one of"):
+        evaluate.load_workdir_config(workdirs["plain"], "mirror")
