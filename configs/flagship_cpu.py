@@ -5,16 +5,18 @@ features; 28 -> 14 -> 7 -> 3), global max pool, Dense: 483,498 parameters. Neste
 (momentum 0.9, rate 0.1 at batch 256) with decoupled weight decay 5e-4, one epoch of
 warmup then linear decay to 0, label smoothing 0.1; alternating flips, translations of
 up to 2 pixels and cutout 8 drawn on the device; test-time augmentation over 6 views;
-32 epochs.
+32 epochs on 58,800 training images (1,200 held out for validation, which selects nothing).
 
     python launch.py --config=configs/flagship_cpu.py [--config.seed=K]
     make sweep SWEEP=configs/sweeps/flagship_cpu.py ARGS=--only=full   # seeds 0, 1, 2
 
 Measured here (the sweep, docs/RESULTS.md "Beyond the seeds"; the 2-core AMD EPYC,
-family 25 model 17, Zen 4, nothing else running, 2026-12-01): test accuracy
-0.9439 ± 0.0016 over seeds 0, 1, 2 (0.9454, 0.9440, 0.9422) after 1,412 s of training
-per seed on average (about 23.5 min, 1,200 img/s): below the 0.945 this config aims at.
-The first version (no cutout, 28 epochs), seed 0: 0.9434 in 1,250 s.
+family 25 model 17, Zen 4, 2026-12-01): test accuracy 0.9450 ± 0.0016 over seeds 0, 1, 2
+(0.9468, 0.9438, 0.9444) after 1,615 s of training per seed on average (about 27 min;
+seed 0's 1,723 s include other jobs on the cores for about 8 of its 32 epochs). That is
+the 0.945 this config aims at, with no margin: the seeds spread more than that.
+Earlier versions on the same machine, with 6,000 images held out (54,000 to train on):
+0.9439 ± 0.0016 in 1,412 s per seed; without cutout, for 28 epochs, seed 0: 0.9434.
 """
 
 import ml_collections
@@ -36,6 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
             "bn_momentum": 0.9,
         }
     )
+    # Validation selects nothing here (the final epoch is the result): a small one leaves
+    # more images to train on.
+    config.validation_fraction = 0.02
     config.num_epochs = 32
     config.batch_size = 256
     config.optimizer = "sgd"
