@@ -11,7 +11,7 @@ file and section the table goes to. The first row is the baseline the others are
 with. A row with `evaluates=ROW` trains nothing: its only override is `tta`, and each of its
 seeds is ROW's final checkpoint of that seed evaluated with it (`launch.py --mode=ensemble`
 of that one run, with `--tta`), into `<root>/<row>/seed<k>/eval.json` and a results.json
-that carries ROW's training time and machine.
+that carries ROW's training time and machine; it is evaluated again when ROW's run changes.
 
 Each (row, seed) trains with `launch.py` in its own process into `<root>/<row>/seed<k>/`,
 its log in `train.log` there. A run whose `results.json` exists is finished and is never
@@ -166,10 +166,31 @@ def evaluation_result(base: dict, report: dict, base_workdir: str) -> dict:
         "step": report["members"][0]["step"],
         "tta": report["members"][0]["tta"],
         "evaluated": base_workdir,
+        "evaluated_run": evaluated_run(base),
         "train_seconds": base["train_seconds"],
         "machine": base.get("machine", "unknown"),
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
+
+
+def evaluated_run(base: dict) -> dict:
+    """What identifies a finished run: when it finished and how long it trained."""
+    return {"finished": base.get("finished"), "train_seconds": base.get("train_seconds")}
+
+
+def drop_stale_evaluations(sweep: Sweep, seeds: Sequence[int]) -> None:
+    """Removes the results.json of each evaluating row's seed whose evaluated run is no
+    longer the run it evaluated (retrained, or gone), so that it is evaluated again."""
+    for row in (r for r in sweep.rows if r.evaluates):
+        for seed in seeds:
+            workdir = run_dir(sweep.run_root(), row, seed)
+            result = load_result(workdir)
+            base = load_result(evaluated_dir(sweep, row, seed))
+            if result is not None and (base is None or evaluated_run(base) != result.get("evaluated_run")):
+                os.remove(os.path.join(workdir, "results.json"))
+                print(
+                    f"{row.name} seed {seed}: {row.evaluates}'s run changed since it was evaluated; evaluating again"
+                )
 
 
 def evaluate_run(base_workdir: str, fields: Mapping[str, str], workdir: str, label: str) -> None:
@@ -507,6 +528,8 @@ def main(argv: list[str] | None = None) -> int:
     # The table always covers the sweep's own seeds (plus any extra ones trained now), so
     # training one seed never drops the others from it.
     table_seeds = [*sweep.seeds, *(s for s in seeds if s not in sweep.seeds)]
+    if not args.dry_run:
+        drop_stale_evaluations(sweep, table_seeds)
 
     def write() -> None:
         write_block(output, sweep.name, sweep_table(sweep, table_seeds, args.sweep), sweep.section)

@@ -299,6 +299,13 @@ def test_a_row_that_evaluates_another_rows_runs_trains_nothing(tiny, tmp_path):
     stamp = os.stat(tmp_path / "runs" / "base_flip" / "seed0" / "results.json").st_mtime_ns
     assert sweep.main([f"--sweep={path}"]) == 0  # Finished: not evaluated again.
     assert os.stat(tmp_path / "runs" / "base_flip" / "seed0" / "results.json").st_mtime_ns == stamp
+    # base seed 1 retrained (another training time): its evaluation is redone, seed 0's is not.
+    retrained = {**sweep.load_result(bases[1]), "train_seconds": 99.0}
+    (tmp_path / "runs" / "base" / "seed1" / "results.json").write_text(json.dumps(retrained))
+    assert sweep.main([f"--sweep={path}"]) == 0
+    flip = {s: str(tmp_path / "runs" / "base_flip" / f"seed{s}") for s in (0, 1)}
+    assert {s: _launches(w) for s, w in flip.items()} == {0: 1, 1: 2}
+    assert sweep.load_result(flip[1])["train_seconds"] == 99.0
 
 
 def test_an_evaluating_row_needs_its_runs_and_evaluation_fields_only(tmp_path, capsys):
