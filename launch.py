@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fmnist_jax import configuration, input_pipeline
+from fmnist_jax import augment, configuration, input_pipeline
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/cnn4.py; fields overridable as --config.FIELD=VALUE."
@@ -43,7 +43,7 @@ _CHECKPOINT = flags.DEFINE_string(
 _TTA = flags.DEFINE_enum(
     "tta",
     None,
-    ["none", "flip", "flip_translate"],
+    list(augment.TTA_MODES),
     "eval, ensemble: this test-time augmentation instead of the one each run trained with.",
 )
 _OUTPUT = flags.DEFINE_string("output", "runs/ensemble.json", "ensemble: where its report (JSON) goes.")

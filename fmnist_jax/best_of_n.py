@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fmnist_jax import checkpointing, evaluate, input_pipeline, models, runtime, steps
+from fmnist_jax import checkpointing, evaluate, input_pipeline, models, pages, runtime, steps
 from fmnist_jax.configuration import ConfigError, validate_config
 
 
@@ -194,7 +194,7 @@ def best_of_n(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     chosen = jax.tree_util.tree_map(lambda x: x[best], states)
     _save_chosen(config, workdir, chosen, best, record["train_seconds"], results["validation_accuracy"][best])
     results["wall_seconds"] = time.perf_counter() - t_launch
-    runtime.write_json(os.path.join(workdir, "results.json"), results)
+    pages.write_json(os.path.join(workdir, "results.json"), results)
     say(
         f"saved model {best} as the checkpoint at step {int(chosen.step)} in {checkpointing.checkpoint_dir(workdir)}"
     )
@@ -269,7 +269,7 @@ def _save_chosen(
     """The chosen model as the workdir's checkpoint, with the config that evaluates it."""
     chosen_config = ml_collections.ConfigDict(config.to_dict())
     chosen_config.split_seed = config.split_seed + best
-    runtime.write_json(os.path.join(workdir, "config.json"), json.loads(chosen_config.to_json_best_effort()))
+    pages.write_json(os.path.join(workdir, "config.json"), json.loads(chosen_config.to_json_best_effort()))
     manager = checkpointing.create_manager(workdir)
     progress: dict[str, Any] = {"epoch_records": [], "partial": None, "train_seconds": train_seconds}
     checkpointing.save(manager, chosen, progress, float(validation_accuracy))

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fmnist_jax import configuration, evaluate, input_pipeline, parallel, runtime, steps
+from fmnist_jax import configuration, evaluate, input_pipeline, pages, parallel, runtime, steps
 
 # What decides the train/validation carve and the test split (normalize may differ:
 # each member preprocesses as it trained).
@@ -95,7 +95,7 @@ def evaluate_ensemble(
         **{name: summarize_logits([x[name] for x in logits], splits[name].labels) for name in EVAL_SPLITS},
         **runtime.provenance(),
     }
-    runtime.write_json(output, report)
+    pages.write_json(output, report)
     print(
         f"ensemble of {len(workdirs)} ({which} checkpoints: "
         + ", ".join(f"{m['workdir']} step {m['step']}" for m in members)

@@ -19,6 +19,7 @@ from fmnist_jax import (
     checkpointing,
     configuration,
     input_pipeline,
+    pages,
     parallel,
     runtime,
     steps,
@@ -121,7 +122,7 @@ def evaluate_checkpoint(workdir: str, which: str = "best", tta: str | None = Non
     }
     path = os.path.join(workdir, f"eval_{step}{'' if tta is None else f'_tta_{tta}'}.json")
     if jax.process_index() == 0:
-        runtime.write_json(path, report)
+        pages.write_json(path, report)
     print(
         f"{config.name} checkpoint {step} ({which}, tta {report['tta']}): validation accuracy "
         f"{report['validation']['accuracy']:.4f}, test loss {report['test']['loss']:.4f} "

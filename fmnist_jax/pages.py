@@ -1,10 +1,12 @@
-"""The docs pages that commands write into (docs/RESULTS.md, docs/PERFORMANCE.md): a block
-between two marker lines is replaced, every other line stays as it was, and the page is
-written atomically (a reader never sees half of it)."""
+"""Files that commands write: the docs pages (docs/RESULTS.md, docs/PERFORMANCE.md), where a
+block between two marker lines is replaced and every other line stays as it was, and JSON
+results. Every write is atomic (a reader never sees half of a file)."""
 
 from __future__ import annotations
 
+import json
 import os
+from typing import Any
 
 
 def split(page: str, begin: str, end: str) -> tuple[str, str, str] | None:
@@ -31,3 +33,8 @@ def write(path: str, text: str) -> None:
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def write_json(path: str, payload: Any) -> None:
+    """Writes `payload` as indented JSON, atomically."""
+    write(path, json.dumps(payload, indent=2) + "\n")

@@ -3,13 +3,11 @@
 - `PreemptionGuard`: SIGTERM and a first Ctrl-C become a flag the loop polls.
 - `machine_description` / `provenance`: what produced a result (devices, CPU model and
   generation, git commit, package versions), recorded next to every result.
-- `write_json`: atomic JSON files (a reader never sees half of one).
 - `enable_compilation_cache`: JAX's persistent cache, so a second launch skips compiling.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import signal
@@ -19,8 +17,6 @@ import threading
 from typing import Any
 
 import jax
-
-from fmnist_jax import pages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -192,11 +188,6 @@ def prepare_workdir(workdir: str) -> None:
     finally:
         if os.path.exists(probe):
             os.remove(probe)
-
-
-def write_json(path: str, payload: Any) -> None:
-    """Writes JSON atomically: a reader never sees a half-written file."""
-    pages.write(path, json.dumps(payload, indent=2) + "\n")
 
 
 def compilation_cache_dir(setting: str = "auto") -> str | None:

@@ -202,10 +202,7 @@ def evaluate_run(base_workdir: str, fields: Mapping[str, str], workdir: str, lab
     launch(eval_command(base_workdir, fields, workdir), workdir, label)
     with open(os.path.join(workdir, "eval.json")) as f:
         report = json.load(f)
-    pages.write(
-        os.path.join(workdir, "results.json"),
-        json.dumps(evaluation_result(base, report, base_workdir), indent=2) + "\n",
-    )
+    pages.write_json(os.path.join(workdir, "results.json"), evaluation_result(base, report, base_workdir))
 
 
 def launch(command: list[str], workdir: str, label: str) -> None:

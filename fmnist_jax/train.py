@@ -34,6 +34,7 @@ from fmnist_jax import (
     models,
     monitor,
     optim,
+    pages,
     parallel,
     runtime,
     seconds_since_process_start,
@@ -274,7 +275,7 @@ def init_or_restore(
         state, saved = restored
         progress = Progress.from_json(saved)
     if jax.process_index() == 0:
-        runtime.write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+        pages.write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
     return par.put_state(state), progress, manager
 
 
@@ -556,7 +557,7 @@ def finish(run: Run) -> dict[str, Any]:
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     if run.is_main:
-        runtime.write_json(os.path.join(run.workdir, "results.json"), results)
+        pages.write_json(os.path.join(run.workdir, "results.json"), results)
         if config.write_report:
             write_report(run, results)
     run.log.close()

@@ -23,10 +23,7 @@ def get_sweep():
         name="tiny",
         config="configs/mlp_4x2.py",
         seeds=(0, 1),
-        rows=(
-            Row("base", {tiny!r}, "the tiny run"),
-            Row("lr_high", {{"validation_fraction": 0.99, "num_epochs": 2, "learning_rate": 0.01}}, "lr 1e-2"),
-        ),
+        rows=(Row("base", {tiny!r}, "the tiny run"), {second}),
         root={root!r},
         output={output!r},
     )
@@ -35,10 +32,16 @@ BEFORE = "# Notes\n\nKept as it is.\n\n## Beyond the seeds\n\n"
 AFTER = "\n\nAn older paragraph.\n\n## Later\n\nThe end.\n"
 
 
-def _write_sweep(directory, name="tiny.py"):
+LR_HIGH = 'Row("lr_high", {"validation_fraction": 0.99, "num_epochs": 2, "learning_rate": 0.01}, "lr 1e-2")'
+
+
+def _write_sweep(directory, name="tiny.py", second=LR_HIGH):
+    """The tiny sweep file: row `base` and the `second` row (Python source)."""
     path = directory / name
     path.write_text(
-        SWEEP_FILE.format(tiny=TINY, root=str(directory / "runs"), output=str(directory / "RESULTS.md"))
+        SWEEP_FILE.format(
+            tiny=TINY, second=second, root=str(directory / "runs"), output=str(directory / "RESULTS.md")
+        )
     )
     return str(path)
 
@@ -244,33 +247,10 @@ def test_a_missing_sweep_file_exits_1_without_a_traceback():
     assert (out.returncode, out.stderr) == (1, "error: --sweep=configs/sweeps/nope.py: no such file\n")
 
 
-EVAL_SWEEP_FILE = """
-from fmnist_jax.sweep import Row, Sweep
-
-
-def get_sweep():
-    return Sweep(
-        name="tiny",
-        config="configs/mlp_4x2.py",
-        seeds=(0, 1),
-        rows=(Row("base", {tiny!r}, "the tiny run"), Row("base_flip", {flip!r}, "flips", evaluates="base")),
-        root={root!r},
-        output={output!r},
-    )
-"""
-
-
 def _write_eval_sweep(directory, flip=None):
-    path = directory / "eval.py"
-    path.write_text(
-        EVAL_SWEEP_FILE.format(
-            tiny=TINY,
-            flip=flip or {"tta": "flip"},
-            root=str(directory / "runs"),
-            output=str(directory / "RESULTS.md"),
-        )
-    )
-    return str(path)
+    """The tiny sweep with row `base_flip`: base's runs evaluated with `flip` (default tta=flip)."""
+    flip = flip or {"tta": "flip"}
+    return _write_sweep(directory, "eval.py", f'Row("base_flip", {flip!r}, "flips", evaluates="base")')
 
 
 def test_a_row_that_evaluates_another_rows_runs_trains_nothing(tiny, tmp_path):
