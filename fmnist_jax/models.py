@@ -64,6 +64,31 @@ class MLP(nn.Module):
         return logits.astype(jnp.float32)
 
 
+class BatchNormReluPool(nn.Module):
+    """nn.BatchNorm, ReLU, then `ops.max_pool_2x2`: the same variables and values, and in
+    training one fused operation (`ops.bn_relu_pool`) with its gradient written out."""
+
+    momentum: float = 0.99
+    epsilon: float = 1e-3
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        shape = (x.shape[-1],)
+        ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), shape)
+        ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), shape)
+        scale = self.param("scale", nn.initializers.ones, shape, jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, shape, jnp.float32)
+        if not train:
+            y = (x - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
+            return ops.max_pool_2x2(nn.relu(y))
+        out, mean, var = ops.bn_relu_pool(x, scale, bias, self.epsilon, self.axis_name)
+        if not self.is_initializing():
+            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        return out
+
+
 class CNN(nn.Module):
     """Conv blocks (conv [+BN] + activation [+2x2 max pool] [+dropout]), then dense head.
 
@@ -87,6 +112,30 @@ class CNN(nn.Module):
     dtype: Any = jnp.float32  # Compute dtype; parameters and BN statistics stay float32.
     pool_op: str = "maxima"  # ops.POOL_OPS: how 2x2 max pooling is computed (same values).
     conv_op: str = "custom"  # ops.CONV_OPS: how convolutions and their gradients are computed.
+    bn_op: str = "fused"  # BN_OPS: "fused" runs BN + ReLU + pooling as BatchNormReluPool where it can.
+
+    def fused_block(self) -> bool:
+        """Whether each block's BN, activation and pooling run as one `BatchNormReluPool`."""
+        return (
+            self.bn_op == "fused" and self.batch_norm and self.pool and self.activation == "relu"
+            and self.pool_op == "maxima" and self.dtype == jnp.float32
+        )  # fmt: skip
+
+    def norm_act_pool(self, x: jax.Array, index: int, train: bool) -> jax.Array:
+        if self.fused_block():
+            return BatchNormReluPool(
+                self.bn_momentum, self.bn_epsilon, self.bn_axis_name if train else None, name=f"BatchNorm_{index}"
+            )(x, train)
+        if self.batch_norm:
+            x = nn.BatchNorm(
+                use_running_average=not train,
+                momentum=self.bn_momentum,
+                epsilon=self.bn_epsilon,
+                axis_name=self.bn_axis_name if train else None,
+                dtype=self.dtype,
+            )(x)
+        x = ACTIVATIONS[self.activation](x)
+        return ops.POOL_OPS[self.pool_op](x) if self.pool else x
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -97,7 +146,8 @@ class CNN(nn.Module):
         conv_rates = per_layer(self.conv_dropout, n_conv, "conv_dropout")
         dense_rates = per_layer(self.dense_dropout, len(self.dense_features), "dense_dropout")
         x = x.astype(self.dtype)
-        for feats, k, pad, rate in zip(self.conv_features, kernels, paddings, conv_rates, strict=True):
+        blocks = zip(self.conv_features, kernels, paddings, conv_rates, strict=True)
+        for index, (feats, k, pad, rate) in enumerate(blocks):
             x = nn.Conv(
                 feats,
                 (k, k),
@@ -106,17 +156,7 @@ class CNN(nn.Module):
                 dtype=self.dtype,
                 conv_general_dilated=ops.CONV_OPS[self.conv_op],
             )(x)
-            if self.batch_norm:
-                x = nn.BatchNorm(
-                    use_running_average=not train,
-                    momentum=self.bn_momentum,
-                    epsilon=self.bn_epsilon,
-                    axis_name=self.bn_axis_name if train else None,
-                    dtype=self.dtype,
-                )(x)
-            x = act(x)
-            if self.pool:
-                x = ops.POOL_OPS[self.pool_op](x)
+            x = self.norm_act_pool(x, index, train)
             if rate:
                 x = nn.Dropout(rate, deterministic=not train)(x)
         x = x.reshape((x.shape[0], -1))
