@@ -124,7 +124,10 @@ class CNN(nn.Module):
     def norm_act_pool(self, x: jax.Array, index: int, train: bool) -> jax.Array:
         if self.fused_block():
             return BatchNormReluPool(
-                self.bn_momentum, self.bn_epsilon, self.bn_axis_name if train else None, name=f"BatchNorm_{index}"
+                self.bn_momentum,
+                self.bn_epsilon,
+                self.bn_axis_name if train else None,
+                name=f"BatchNorm_{index}",
             )(x, train)
         if self.batch_norm:
             x = nn.BatchNorm(
@@ -278,6 +281,9 @@ RESNET_BLOCKS = ("pool", "basic", "preact")
 # The fields a family cannot do without (the rest have defaults).
 REQUIRED_FIELDS = {"mlp": ("hidden",), "cnn": ("conv_features",), "resnet": ("stage_features",)}
 HEAD_POOLS = ("max", "avg")
+# model.bn_op: "fused" (a block's BN, ReLU and pooling as one BatchNormReluPool, where the
+# block has all three in float32) or "flax" (nn.BatchNorm, then the activation, then pooling).
+BN_OPS = ("fused", "flax")
 MODELS = tuple(MODEL_CLASSES)
 Need = Callable[[bool, str, str], None]  # need(ok, field, why): reports a field that is not ok.
 
@@ -307,6 +313,18 @@ def _check_cnn(m: ml_collections.ConfigDict, need: Need) -> None:
         f"expected one of {PADDINGS}",
     )
     _check_rates(m, need, ["conv_dropout", "dense_dropout"])
+    _check_ops(m, need)
+
+
+def _check_ops(m: ml_collections.ConfigDict, need: Need) -> None:
+    """The fields that choose how an operation is computed (same values either way)."""
+    for field, choices in (
+        ("bn_op", BN_OPS),
+        ("pool_op", tuple(ops.POOL_OPS)),
+        ("conv_op", tuple(ops.CONV_OPS)),
+    ):
+        if field in m:
+            need(m[field] in choices, f"model.{field}", f"expected one of {choices}")
 
 
 def _check_resnet(m: ml_collections.ConfigDict, need: Need) -> None:
@@ -320,6 +338,7 @@ def _check_resnet(m: ml_collections.ConfigDict, need: Need) -> None:
     need(int(m.get("stem_features", 0)) >= 0, "model.stem_features", "must be >= 0 (0: no stem)")
     need(int(m.get("kernel_size", 3)) >= 1, "model.kernel_size", "must be >= 1")
     _check_rates(m, need, ["dropout"])
+    _check_ops(m, need)
 
 
 FIELD_CHECKS: dict[str, Callable[[ml_collections.ConfigDict, Need], None]] = {

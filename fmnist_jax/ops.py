@@ -1,9 +1,11 @@
-"""The convolution and pooling our CNNs use, written for XLA:CPU's fast paths.
+"""The convolution, pooling and batch-norm block our CNNs use, written for XLA:CPU's fast paths.
 
-Same values as the textbook operations (tested to the bit); each is chosen by a
-`model` config field, so the benchmark's ablation undoes one by a config override:
-`model.pool_op` ('maxima' or 'reduce_max') and `model.conv_op` ('custom' or 'lax').
-docs/PERFORMANCE.md has what each buys.
+Same values as the textbook operations (tested to the bit; the fused block's gradient
+to float32 rounding); each is chosen by a `model` config field, so the benchmark's
+ablation undoes one by a config override: `model.pool_op` ('maxima' or 'reduce_max'),
+`model.conv_op` ('custom' or 'lax') and `model.bn_op` ('fused' or 'flax': batch norm,
+ReLU and pooling as `bn_relu_pool`, or as three steps). docs/PERFORMANCE.md has what
+each buys.
 """
 
 from __future__ import annotations
@@ -148,15 +150,13 @@ CONV_OPS: dict[str, Callable[..., jax.Array]] = {
 }
 
 
-Stats = tuple[jax.Array, jax.Array, jax.Array]  # mean, mean of squares, variance (per channel).
-
-
-def _batch_stats(x: jax.Array, axis_name: str | None) -> Stats:
-    """flax BatchNorm's statistics: E[x] and E[x^2] (averaged over `axis_name`), var clipped at 0."""
+def _batch_stats(x: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Array]:
+    """flax BatchNorm's per-channel mean and variance: E[x] and E[x^2] (averaged over
+    `axis_name`), the variance E[x^2] - E[x]^2 clipped at 0."""
     mean, mean_sq = x.mean((0, 1, 2)), lax.square(x).mean((0, 1, 2))
     if axis_name is not None:
         mean, mean_sq = lax.pmean(jnp.stack([mean, mean_sq]), axis_name)
-    return mean, mean_sq, jnp.maximum(0.0, mean_sq - lax.square(mean))
+    return mean, jnp.maximum(0.0, mean_sq - lax.square(mean))
 
 
 def _share(x: jax.Array, partner: jax.Array) -> jax.Array:
@@ -197,7 +197,7 @@ def bn_relu_pool(
 def _bn_relu_pool_fwd(
     x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float, axis_name: str | None
 ) -> tuple[tuple[jax.Array, jax.Array, jax.Array], Any]:
-    mean, mean_sq, var = _batch_stats(x, axis_name)
+    mean, var = _batch_stats(x, axis_name)
     mul = lax.rsqrt(var + epsilon) * scale
     sign = jnp.where(mul < 0, -1.0, 1.0)
     # The window's element that BN maps highest. A reduction, so that XLA computes it once

@@ -170,6 +170,9 @@ def test_values_at_the_limits_are_accepted(overrides):
         ("cnn2_2x2", "kernel_size", 0, "config.model.kernel_size=0: must be >= 1"),
         ("mlp_20x3", "hidden", (20, 0, 20), "config.model.hidden=(20, 0, 20): widths must be >= 1"),
         ("mlp_256", "dropout", 1.5, "config.model.dropout=1.5: rates must be in [0, 1)"),
+        ("cnn4", "bn_op", "fast", "config.model.bn_op='fast': expected one of ('fused', 'flax')"),
+        ("cnn4", "pool_op", "avg", "config.model.pool_op='avg': expected one of ('maxima', 'reduce_max')"),
+        ("cnn4", "conv_op", "fft", "config.model.conv_op='fft': expected one of ('custom', 'lax')"),
     ],
 )
 def test_bad_model_fields_name_the_field(name, field, value, message):

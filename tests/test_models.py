@@ -294,3 +294,108 @@ def test_vmapped_conv_with_per_model_kernels_equals_each_model_alone():
         x.reshape(12, 9, 9, 2), w[0], (1, 1), pad, dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
     np.testing.assert_allclose(images_only, expected.reshape(3, 4, 9, 9, 5), rtol=1e-5, atol=1e-5)
+
+
+def _flax_bn_relu_pool(x, scale, bias, axis_name=None):
+    """The reference: flax's BatchNorm (training mode), ReLU, then 2x2 pooling, and the stats."""
+    bn = nn.BatchNorm(use_running_average=False, momentum=0.0, epsilon=1e-3, axis_name=axis_name)
+    stats = {"mean": jnp.zeros_like(scale), "var": jnp.ones_like(scale)}
+    y, updated = bn.apply(
+        {"params": {"scale": scale, "bias": bias}, "batch_stats": stats}, x, mutable=["batch_stats"]
+    )
+    return ops.max_pool_2x2(nn.relu(y)), updated["batch_stats"]["mean"], updated["batch_stats"]["var"]
+
+
+def _block_inputs(size):
+    """Activations with tied windows (a flat patch, as conv outputs on the background are),
+    channels whose scale is negative or zero, and biases that make some outputs 0."""
+    x = jax.random.normal(jax.random.PRNGKey(size), (3, size, size, 5))
+    x = x.at[:, :4, :4, :3].set(0.25)
+    scale = jnp.array([1.0, -0.7, 0.0, 2.0, -1.5])
+    bias = jnp.array([0.1, 0.2, -0.3, 0.0, 0.5])
+    cotangent = jax.random.normal(jax.random.PRNGKey(99), (3, size // 2, size // 2, 5))
+    return x, scale, bias, cotangent
+
+
+@pytest.mark.parametrize("size", [8, 7])
+def test_fused_bn_relu_pool_equals_flax_batch_norm_relu_and_pool(size):
+    """Same outputs and batch statistics as flax's three steps, bit for bit; the written-out
+    gradients of the input, scale and bias equal autodiff's up to float32 rounding."""
+    x, scale, bias, cotangent = _block_inputs(size)
+    fused = ops.bn_relu_pool(x, scale, bias, 1e-3)
+    for ours, reference in zip(fused, _flax_bn_relu_pool(x, scale, bias), strict=True):
+        np.testing.assert_array_equal(ours, reference)
+
+    def loss(f):
+        return lambda *args: jnp.sum(f(*args)[0] * cotangent)
+
+    ours = jax.grad(loss(lambda x, s, b: ops.bn_relu_pool(x, s, b, 1e-3)), (0, 1, 2))(x, scale, bias)
+    reference = jax.grad(loss(_flax_bn_relu_pool), (0, 1, 2))(x, scale, bias)
+    for a, b in zip(ours, reference, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+        assert np.abs(b).max() > 0.1
+
+
+def test_fused_bn_relu_pool_averages_statistics_over_the_named_axis():
+    """Under a named axis (pmap's in training; vmap's here) the statistics and their gradient
+    terms are the whole batch's, as flax BatchNorm's with axis_name: each shard's gradient of
+    its own loss, as a training step takes it, equals autodiff's through flax's."""
+    x, scale, bias, cotangent = _block_inputs(8)
+    shards, g = x.reshape(3, 1, 8, 8, 5), cotangent.reshape(3, 1, 4, 4, 5)
+
+    def per_shard(f, axis_name):
+        def loss(xi, gi):
+            return jnp.sum(f(xi, scale, bias, axis_name)[0] * gi)
+
+        return jax.vmap(jax.value_and_grad(loss), axis_name="i")(shards, g)
+
+    def fused(x, s, b, axis_name):
+        return ops.bn_relu_pool(x, s, b, 1e-3, axis_name)
+
+    (value, grad), (expected_value, expected_grad) = per_shard(fused, "i"), per_shard(_flax_bn_relu_pool, "i")
+    np.testing.assert_allclose(value, expected_value, rtol=1e-6)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-5)
+    _, alone = per_shard(fused, None)
+    assert np.abs(alone - expected_grad).max() > 1e-2  # The axis matters here.
+
+
+def test_max_pool_vjp_splits_ties_as_autodiff_does():
+    """Integer-valued inputs: most windows have ties, where autodiff's gradient of two
+    maxima splits in halves; the one-pass gradient must give exactly the same."""
+    x = jax.random.randint(jax.random.PRNGKey(0), (2, 7, 9, 3), 0, 3).astype(jnp.float32)
+    g = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 4, 3))
+    _, vjp = jax.vjp(ops.max_pool_2x2, x)
+    np.testing.assert_array_equal(ops.max_pool_2x2_vjp(x, g), vjp(g)[0])
+
+
+def test_cnn_fused_and_flax_blocks_train_alike():
+    """model.bn_op: the same variables and evaluation bits either way; in training the same
+    logits and batch statistics, and gradients equal up to rounding."""
+    x = jax.random.normal(jax.random.PRNGKey(1), (6, 28, 28, 1))
+    fused, flax_bn = (
+        models.CNN(conv_features=(8, 16, 16), batch_norm=True, dense_features=(16,), bn_op=op)
+        for op in ("fused", "flax")
+    )
+    assert fused.fused_block() and not flax_bn.fused_block()
+    variables = models.init_variables(fused, jax.random.PRNGKey(0))
+    reference_variables = models.init_variables(flax_bn, jax.random.PRNGKey(0))
+    assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(reference_variables)
+    np.testing.assert_array_equal(fused.apply(variables, x), flax_bn.apply(variables, x))
+
+    def loss(params, model):
+        logits, updates = model.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+        )
+        return jnp.sum(jnp.sin(logits)), (logits, updates)
+
+    (_, ours), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"], fused)
+    (_, reference), reference_grads = jax.value_and_grad(loss, has_aux=True)(variables["params"], flax_bn)
+    for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(reference), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(
+        jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(reference_grads), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

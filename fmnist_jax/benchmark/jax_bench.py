@@ -334,11 +334,16 @@ def jax_worker(name: str) -> dict[str, Any]:
 ABLATIONS = {
     "ours": "everything as shipped",
     "jaxlib_default_flags": "jaxlib's default XLA:CPU flags (YNNPACK also for convolutions, elementwise)",
-    "reduce_max_pool": "2x2 pooling as one reduce-max over a reshaped window",
+    "unfused_bn": "batch norm, ReLU and pooling as three steps (flax's BatchNorm), not one fused op",
+    "reduce_max_pool": "as unfused_bn, with 2x2 pooling as one reduce-max over a reshaped window",
     "autodiff_conv": "backward convolutions left to autodiff (lax.conv_general_dilated)",
 }
 # The model fields (fmnist_jax/ops.py) that undo a choice; the flags variant is an environment.
-ABLATION_OVERRIDES = {"reduce_max_pool": "+model.pool_op=reduce_max", "autodiff_conv": "+model.conv_op=lax"}
+ABLATION_OVERRIDES = {
+    "unfused_bn": "+model.bn_op=flax",
+    "reduce_max_pool": "+model.bn_op=flax+model.pool_op=reduce_max",
+    "autodiff_conv": "+model.conv_op=lax",
+}
 
 
 def ablation_worker(name: str, variant: str) -> dict[str, Any]:
