@@ -209,6 +209,9 @@ def _bn_relu_pool_fwd(
 
 
 def _bn_relu_pool_bwd(epsilon: float, axis_name: str | None, res: Any, cts: Any) -> tuple[jax.Array, ...]:
+    """The chain rule through out = relu(z), z = (picked - mean) * rsqrt(var + eps) * scale + bias,
+    mean = E[x], var = E[x^2] - mean^2: per-channel sums over the pooled quarter, then one
+    pass over x for the pooling's gradient plus d(mean)/dx = 1/count and d(E[x^2])/dx = 2x/count."""
     x, picked, z, mean, var, scale, mul = res
     g, g_mean, g_var = cts
     gz = jnp.where(z > 0, g, 0.0)
