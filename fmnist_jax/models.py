@@ -73,20 +73,39 @@ class BatchNormReluPool(nn.Module):
     axis_name: str | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, shift: jax.Array, train: bool) -> jax.Array:
+        """The block on `x + shift` (`shift`: the convolution's bias, see `ops.bn_relu_pool`)."""
         shape = (x.shape[-1],)
         ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), shape)
         ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), shape)
         scale = self.param("scale", nn.initializers.ones, shape, jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, shape, jnp.float32)
         if not train:
-            y = (x - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
+            y = (x + shift - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
             return ops.max_pool_2x2(nn.relu(y))
-        out, mean, var = ops.bn_relu_pool(x, scale, bias, self.epsilon, self.axis_name)
+        out, mean, var = ops.bn_relu_pool(x, shift, scale, bias, self.epsilon, self.axis_name)
         if not self.is_initializing():
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
             ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
         return out
+
+
+class Conv(nn.Module):
+    """nn.Conv's variables (`kernel`, `bias`, same initialisation) and convolution, with the
+    bias returned beside the output instead of added to it (for `BatchNormReluPool`)."""
+
+    features: int
+    kernel_size: int
+    padding: str
+    conv: Callable[..., jax.Array]
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
+        kernel = self.param("kernel", _kernel_init, shape, jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        y = self.conv(x, kernel, (1, 1), self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y, bias
 
 
 class CNN(nn.Module):
@@ -121,14 +140,29 @@ class CNN(nn.Module):
             and self.pool_op == "maxima" and self.dtype == jnp.float32
         )  # fmt: skip
 
-    def norm_act_pool(self, x: jax.Array, index: int, train: bool) -> jax.Array:
+    def conv_block(
+        self, x: jax.Array, index: int, features: int, kernel: int, padding: str, train: bool
+    ) -> jax.Array:
+        """Conv [+BN] + activation [+pool]; as `Conv` + `BatchNormReluPool` for a fused block."""
+        conv_op = ops.CONV_OPS[self.conv_op]
         if self.fused_block():
-            return BatchNormReluPool(
+            y, shift = Conv(features, kernel, padding.upper(), conv_op, name=f"Conv_{index}")(x)
+            block = BatchNormReluPool(
                 self.bn_momentum,
                 self.bn_epsilon,
                 self.bn_axis_name if train else None,
                 name=f"BatchNorm_{index}",
-            )(x, train)
+            )
+            return block(y, shift, train)
+        x = nn.Conv(
+            features,
+            (kernel, kernel),
+            padding=padding.upper(),
+            kernel_init=_kernel_init,
+            dtype=self.dtype,
+            conv_general_dilated=conv_op,
+            name=f"Conv_{index}",
+        )(x)
         if self.batch_norm:
             x = nn.BatchNorm(
                 use_running_average=not train,
@@ -151,15 +185,7 @@ class CNN(nn.Module):
         x = x.astype(self.dtype)
         blocks = zip(self.conv_features, kernels, paddings, conv_rates, strict=True)
         for index, (feats, k, pad, rate) in enumerate(blocks):
-            x = nn.Conv(
-                feats,
-                (k, k),
-                padding=pad.upper(),
-                kernel_init=_kernel_init,
-                dtype=self.dtype,
-                conv_general_dilated=ops.CONV_OPS[self.conv_op],
-            )(x)
-            x = self.norm_act_pool(x, index, train)
+            x = self.conv_block(x, index, feats, k, pad, train)
             if rate:
                 x = nn.Dropout(rate, deterministic=not train)(x)
         x = x.reshape((x.shape[0], -1))

@@ -177,11 +177,17 @@ def max_pool_2x2_vjp(x: jax.Array, g: jax.Array) -> jax.Array:
     return jnp.pad(dx.reshape(n, 2 * h2, 2 * w2, c), ((0, 0), (0, h - 2 * h2), (0, w - 2 * w2), (0, 0)))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def bn_relu_pool(
-    x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float, axis_name: str | None = None
+    x: jax.Array,
+    shift: jax.Array,
+    scale: jax.Array,
+    bias: jax.Array,
+    epsilon: float,
+    axis_name: str | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """`max_pool_2x2(relu(BatchNorm(x)))` in training mode, and the batch's mean and variance.
+    """`max_pool_2x2(relu(BatchNorm(x + shift)))` in training mode, and the batch's mean and
+    variance of `x + shift`.
 
     The same values as flax's BatchNorm, ReLU and `max_pool_2x2` one after the other
     (tested), in fewer passes over the large pre-pooling activations: batch norm with
@@ -190,12 +196,17 @@ def bn_relu_pool(
     minimum where it is negative), and the normalisation and ReLU run on the pooled
     quarter. The gradient is written out: one pass over `x` gives the whole input
     gradient (the pooling's, plus the statistics' per-channel terms).
+
+    `shift` is the preceding convolution's bias, never added to `x`: training-mode batch
+    norm subtracts it again with the mean, so it moves only the returned mean (which the
+    running average takes), and its gradient is exactly the mean's cotangent (0 in a
+    training step; autodiff through `x + shift` gives rounding noise instead).
     """
-    return _bn_relu_pool_fwd(x, scale, bias, epsilon, axis_name)[0]
+    return _bn_relu_pool_fwd(x, shift, scale, bias, epsilon, axis_name)[0]
 
 
 def _bn_relu_pool_fwd(
-    x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float, axis_name: str | None
+    x: jax.Array, shift: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float, axis_name: str | None
 ) -> tuple[tuple[jax.Array, jax.Array, jax.Array], Any]:
     mean, var = _batch_stats(x, axis_name)
     mul = lax.rsqrt(var + epsilon) * scale
@@ -205,13 +216,14 @@ def _bn_relu_pool_fwd(
     # again there, the next convolution's kernel-gradient transpose too).
     picked = reduce_max_pool_2x2(x * sign) * sign
     z = (picked - mean) * mul + bias
-    return (jnp.maximum(z, 0.0), mean, var), (x, picked, z, mean, var, scale, mul)
+    return (jnp.maximum(z, 0.0), mean + shift, var), (x, picked, z, mean, var, scale, mul)
 
 
 def _bn_relu_pool_bwd(epsilon: float, axis_name: str | None, res: Any, cts: Any) -> tuple[jax.Array, ...]:
     """The chain rule through out = relu(z), z = (picked - mean) * rsqrt(var + eps) * scale + bias,
     mean = E[x], var = E[x^2] - mean^2: per-channel sums over the pooled quarter, then one
-    pass over x for the pooling's gradient plus d(mean)/dx = 1/count and d(E[x^2])/dx = 2x/count."""
+    pass over x for the pooling's gradient plus d(mean)/dx = 1/count and d(E[x^2])/dx = 2x/count.
+    The returned mean is mean + shift, so shift's gradient is the mean's cotangent."""
     x, picked, z, mean, var, scale, mul = res
     g, g_mean, g_var = cts
     gz = jnp.where(z > 0, g, 0.0)
@@ -225,7 +237,7 @@ def _bn_relu_pool_bwd(epsilon: float, axis_name: str | None, res: Any, cts: Any)
     count = x.shape[0] * x.shape[1] * x.shape[2]
     sign = jnp.where(mul < 0, -1.0, 1.0)
     dx = max_pool_2x2_vjp(x * sign, gz * mul) + (d_mean + 2.0 * d_mean_sq * x) / count
-    return dx, sum_gx * inv, sum_g
+    return dx, g_mean, sum_gx * inv, sum_g
 
 
 bn_relu_pool.defvjp(_bn_relu_pool_fwd, _bn_relu_pool_bwd)

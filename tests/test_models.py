@@ -296,14 +296,18 @@ def test_vmapped_conv_with_per_model_kernels_equals_each_model_alone():
     np.testing.assert_allclose(images_only, expected.reshape(3, 4, 9, 9, 5), rtol=1e-5, atol=1e-5)
 
 
-def _flax_bn_relu_pool(x, scale, bias, axis_name=None):
-    """The reference: flax's BatchNorm (training mode), ReLU, then 2x2 pooling, and the stats."""
+def _flax_bn_relu_pool(x, shift, scale, bias, axis_name=None):
+    """The reference: x + shift, flax's BatchNorm (training mode), ReLU, then 2x2 pooling, and the stats."""
     bn = nn.BatchNorm(use_running_average=False, momentum=0.0, epsilon=1e-3, axis_name=axis_name)
     stats = {"mean": jnp.zeros_like(scale), "var": jnp.ones_like(scale)}
     y, updated = bn.apply(
-        {"params": {"scale": scale, "bias": bias}, "batch_stats": stats}, x, mutable=["batch_stats"]
+        {"params": {"scale": scale, "bias": bias}, "batch_stats": stats}, x + shift, mutable=["batch_stats"]
     )
     return ops.max_pool_2x2(nn.relu(y)), updated["batch_stats"]["mean"], updated["batch_stats"]["var"]
+
+
+def _fused(x, shift, scale, bias, axis_name=None):
+    return ops.bn_relu_pool(x, shift, scale, bias, 1e-3, axis_name)
 
 
 def _block_inputs(size):
@@ -317,23 +321,50 @@ def _block_inputs(size):
     return x, scale, bias, cotangent
 
 
+def _grads(f, x, shift, scale, bias, cotangent, mean_weights):
+    """Gradients of sum(out * cotangent) + sum(mean * mean_weights) by all four inputs."""
+
+    def loss(*args):
+        out, mean, _ = f(*args)
+        return jnp.sum(out * cotangent) + jnp.sum(mean * mean_weights)
+
+    return jax.grad(loss, (0, 1, 2, 3))(x, shift, scale, bias)
+
+
 @pytest.mark.parametrize("size", [8, 7])
 def test_fused_bn_relu_pool_equals_flax_batch_norm_relu_and_pool(size):
-    """Same outputs and batch statistics as flax's three steps, bit for bit; the written-out
-    gradients of the input, scale and bias equal autodiff's up to float32 rounding."""
+    """With no shift: the same outputs and batch statistics as flax's three steps, bit for
+    bit; the written-out gradients of the input, scale and bias equal autodiff's up to
+    float32 rounding."""
     x, scale, bias, cotangent = _block_inputs(size)
-    fused = ops.bn_relu_pool(x, scale, bias, 1e-3)
-    for ours, reference in zip(fused, _flax_bn_relu_pool(x, scale, bias), strict=True):
+    shift = jnp.zeros_like(scale)
+    for ours, reference in zip(
+        _fused(x, shift, scale, bias), _flax_bn_relu_pool(x, shift, scale, bias), strict=True
+    ):
         np.testing.assert_array_equal(ours, reference)
-
-    def loss(f):
-        return lambda *args: jnp.sum(f(*args)[0] * cotangent)
-
-    ours = jax.grad(loss(lambda x, s, b: ops.bn_relu_pool(x, s, b, 1e-3)), (0, 1, 2))(x, scale, bias)
-    reference = jax.grad(loss(_flax_bn_relu_pool), (0, 1, 2))(x, scale, bias)
-    for a, b in zip(ours, reference, strict=True):
+    ours = _grads(_fused, x, shift, scale, bias, cotangent, 0.0)
+    reference = _grads(_flax_bn_relu_pool, x, shift, scale, bias, cotangent, 0.0)
+    for a, b in zip(ours[:1] + ours[2:], reference[:1] + reference[2:], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
         assert np.abs(b).max() > 0.1
+
+
+def test_fused_bn_relu_pool_shift_moves_only_the_mean():
+    """A shift (the conv bias) gives flax's values on x + shift up to rounding, and its
+    gradient is exactly the mean's cotangent: 0 when only the output is used."""
+    x, scale, bias, cotangent = _block_inputs(8)
+    shift = jnp.array([3.0, -2.0, 0.5, 1.0, -0.25])
+    for ours, reference in zip(
+        _fused(x, shift, scale, bias), _flax_bn_relu_pool(x, shift, scale, bias), strict=True
+    ):
+        np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-5)
+    mean_weights = jnp.array([0.5, -1.0, 2.0, 0.0, 1.5])
+    ours = _grads(_fused, x, shift, scale, bias, cotangent, mean_weights)
+    reference = _grads(_flax_bn_relu_pool, x, shift, scale, bias, cotangent, mean_weights)
+    for a, b in zip(ours, reference, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(ours[1], mean_weights)
+    np.testing.assert_array_equal(_grads(_fused, x, shift, scale, bias, cotangent, 0.0)[1], 0.0)
 
 
 def test_fused_bn_relu_pool_averages_statistics_over_the_named_axis():
@@ -342,20 +373,21 @@ def test_fused_bn_relu_pool_averages_statistics_over_the_named_axis():
     its own loss, as a training step takes it, equals autodiff's through flax's."""
     x, scale, bias, cotangent = _block_inputs(8)
     shards, g = x.reshape(3, 1, 8, 8, 5), cotangent.reshape(3, 1, 4, 4, 5)
+    shift = jnp.zeros_like(scale)
 
     def per_shard(f, axis_name):
         def loss(xi, gi):
-            return jnp.sum(f(xi, scale, bias, axis_name)[0] * gi)
+            return jnp.sum(f(xi, shift, scale, bias, axis_name)[0] * gi)
 
         return jax.vmap(jax.value_and_grad(loss), axis_name="i")(shards, g)
 
-    def fused(x, s, b, axis_name):
-        return ops.bn_relu_pool(x, s, b, 1e-3, axis_name)
-
-    (value, grad), (expected_value, expected_grad) = per_shard(fused, "i"), per_shard(_flax_bn_relu_pool, "i")
+    (value, grad), (expected_value, expected_grad) = (
+        per_shard(_fused, "i"),
+        per_shard(_flax_bn_relu_pool, "i"),
+    )
     np.testing.assert_allclose(value, expected_value, rtol=1e-6)
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-5)
-    _, alone = per_shard(fused, None)
+    _, alone = per_shard(_fused, None)
     assert np.abs(alone - expected_grad).max() > 1e-2  # The axis matters here.
 
 
@@ -370,7 +402,8 @@ def test_max_pool_vjp_splits_ties_as_autodiff_does():
 
 def test_cnn_fused_and_flax_blocks_train_alike():
     """model.bn_op: the same variables and evaluation bits either way; in training the same
-    logits and batch statistics, and gradients equal up to rounding."""
+    logits, batch statistics and gradients up to rounding, except the conv biases' gradients:
+    exactly 0 in the fused block (its `shift`), rounding noise through flax's batch norm."""
     x = jax.random.normal(jax.random.PRNGKey(1), (6, 28, 28, 1))
     fused, flax_bn = (
         models.CNN(conv_features=(8, 16, 16), batch_norm=True, dense_features=(16,), bn_op=op)
@@ -380,6 +413,16 @@ def test_cnn_fused_and_flax_blocks_train_alike():
     variables = models.init_variables(fused, jax.random.PRNGKey(0))
     reference_variables = models.init_variables(flax_bn, jax.random.PRNGKey(0))
     assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(reference_variables)
+    leaves = zip(
+        jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(reference_variables), strict=True
+    )
+    for a, b in leaves:
+        np.testing.assert_array_equal(a, b)  # The same initialisation.
+    # Conv biases of a trained model: not 0, so that dropping one anywhere shows.
+    params = {name: dict(leaves) for name, leaves in variables["params"].items()}
+    for index, name in enumerate(n for n in params if n.startswith("Conv_")):
+        params[name]["bias"] = jnp.linspace(-1.0, 1.0, params[name]["bias"].shape[0]) * (index + 1)
+    variables = {**variables, "params": params}
     np.testing.assert_array_equal(fused.apply(variables, x), flax_bn.apply(variables, x))
 
     def loss(params, model):
@@ -394,8 +437,10 @@ def test_cnn_fused_and_flax_blocks_train_alike():
     (_, ours), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"], fused)
     (_, reference), reference_grads = jax.value_and_grad(loss, has_aux=True)(variables["params"], flax_bn)
     for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(reference), strict=True):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     for a, b in zip(
         jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(reference_grads), strict=True
     ):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    for name in (n for n in grads if n.startswith("Conv_")):  # Exactly 0, not rounding noise.
+        np.testing.assert_array_equal(grads[name]["bias"], 0.0)

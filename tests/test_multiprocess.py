@@ -15,9 +15,7 @@ import pytest
 from fmnist_jax import checkpointing, evaluate, parallel, steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# No batch norm here: a conv bias before batch norm gets only rounding noise as its
-# gradient, which Adam turns into different steps per process count, and the eval-time
-# running means then differ (tests/test_parallel.py covers batch norm over 8 devices).
+# No batch norm here: tests/test_parallel.py covers batch norm over 8 devices.
 ARGS = [
     "--config=configs/cnn2_64.py",
     "--config.model.conv_features=(8,8)",
