@@ -444,3 +444,24 @@ def test_cnn_fused_and_flax_blocks_train_alike():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     for name in (n for n in grads if n.startswith("Conv_")):  # Exactly 0, not rounding noise.
         np.testing.assert_array_equal(grads[name]["bias"], 0.0)
+
+
+def test_cnn_conv_op_lax_gives_the_custom_convolutions_values():
+    """model.conv_op='lax' (the benchmark's autodiff_conv ablation) runs in a fused block too,
+    with the same logits and gradients as the written-out convolutions."""
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 28, 28, 1))
+    custom, lax_conv = (
+        models.CNN(conv_features=(4, 8), batch_norm=True, dense_features=(8,), conv_op=op)
+        for op in ("custom", "lax")
+    )
+    assert custom.fused_block() and lax_conv.fused_block()
+    variables = models.init_variables(custom, jax.random.PRNGKey(0))
+
+    def loss(params, model):
+        logits, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+        return jnp.sum(jnp.sin(logits))
+
+    ours, reference = (jax.value_and_grad(loss)(variables["params"], m) for m in (custom, lax_conv))
+    np.testing.assert_allclose(ours[0], reference[0], rtol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(ours[1]), jax.tree_util.tree_leaves(reference[1]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
