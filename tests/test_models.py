@@ -419,7 +419,7 @@ def test_cnn_fused_and_flax_blocks_train_alike():
     for a, b in leaves:
         np.testing.assert_array_equal(a, b)  # The same initialisation.
     # Conv biases of a trained model: not 0, so that dropping one anywhere shows.
-    params = {name: dict(leaves) for name, leaves in variables["params"].items()}
+    params = {name: dict(layer) for name, layer in variables["params"].items()}
     for index, name in enumerate(n for n in params if n.startswith("Conv_")):
         params[name]["bias"] = jnp.linspace(-1.0, 1.0, params[name]["bias"].shape[0]) * (index + 1)
     variables = {**variables, "params": params}
