@@ -132,6 +132,9 @@ class CNN(nn.Module):
     pool_op: str = "maxima"  # ops.POOL_OPS: how 2x2 max pooling is computed (same values).
     conv_op: str = "custom"  # ops.CONV_OPS: how convolutions and their gradients are computed.
     bn_op: str = "fused"  # BN_OPS: "fused" runs BN + ReLU + pooling as BatchNormReluPool where it can.
+    # Speed only: slices of the batch each block's kernel gradient is computed over
+    # (ops.kernel_gradient); one value, or one per block in order (blocks past its end: 1).
+    kernel_grad_chunks: int | Sequence[int] = 1
 
     def fused_block(self) -> bool:
         """Whether each block's BN, activation and pooling run as one `BatchNormReluPool`."""
@@ -140,11 +143,24 @@ class CNN(nn.Module):
             and self.pool_op == "maxima" and self.dtype == jnp.float32
         )  # fmt: skip
 
+    def block_conv(self, index: int) -> Callable[..., jax.Array]:
+        """Block `index`'s convolution hook, with its `kernel_grad_chunks`."""
+        per_block = self.kernel_grad_chunks
+        if isinstance(per_block, int):
+            chunks = per_block
+        else:
+            chunks = per_block[index] if index < len(per_block) else 1
+        if chunks == 1:
+            return ops.CONV_OPS[self.conv_op]
+        if self.conv_op != "custom":
+            raise ValueError(f"model.kernel_grad_chunks needs model.conv_op='custom', not {self.conv_op!r}")
+        return functools.partial(ops.conv_general_dilated, kernel_grad_chunks=chunks)
+
     def conv_block(
         self, x: jax.Array, index: int, features: int, kernel: int, padding: str, train: bool
     ) -> jax.Array:
         """Conv [+BN] + activation [+pool]; as `Conv` + `BatchNormReluPool` for a fused block."""
-        conv_op = ops.CONV_OPS[self.conv_op]
+        conv_op = self.block_conv(index)
         if self.fused_block():
             y, shift = Conv(features, kernel, padding.upper(), conv_op, name=f"Conv_{index}")(x)
             block = BatchNormReluPool(
@@ -340,6 +356,14 @@ def _check_cnn(m: ml_collections.ConfigDict, need: Need) -> None:
     )
     _check_rates(m, need, ["conv_dropout", "dense_dropout"])
     _check_ops(m, need)
+    _check_kernel_grad_chunks(m, need)
+
+
+def _check_kernel_grad_chunks(m: ml_collections.ConfigDict, need: Need) -> None:
+    chunks = [int(c) for c in _values(m.get("kernel_grad_chunks", 1))]
+    field = "model.kernel_grad_chunks"
+    need(all(c >= 1 for c in chunks), field, "must be >= 1")
+    need(max(chunks) == 1 or m.get("conv_op", "custom") == "custom", field, "needs model.conv_op='custom'")
 
 
 def _check_ops(m: ml_collections.ConfigDict, need: Need) -> None:

@@ -11,6 +11,7 @@ each buys.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -69,8 +70,8 @@ def _batchable_conv(padding: Padding) -> Callable[[jax.Array, jax.Array], jax.Ar
     return conv
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv2d(x: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d(x: jax.Array, kernel: jax.Array, padding: Padding, kernel_grad_chunks: int = 1) -> jax.Array:
     """Stride-1 NHWC/HWIO convolution whose two backward convolutions are written
     out in the same canonical NHWC/HWIO form as the forward one.
 
@@ -78,27 +79,54 @@ def conv2d(x: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
     The reason: inside a `lax.scan` (the scanned training path) XLA:CPU leaves
     autodiff's backward convolutions in a transposed layout that its fast kernels do
     not take, and a cnn2_2x2 step ran 7x slower; written out, they stay fast.
+
+    `kernel_grad_chunks` > 1 computes the kernel gradient as that many convolutions
+    over slices of the batch, summed (`kernel_gradient`): the same gradient up to
+    rounding, faster on a CPU for some layer shapes (docs/PERFORMANCE.md).
     """
     return _conv(x, kernel, padding)
 
 
-def _conv2d_fwd(x: jax.Array, kernel: jax.Array, padding: Padding) -> tuple[jax.Array, Any]:
+def _conv2d_fwd(
+    x: jax.Array, kernel: jax.Array, padding: Padding, kernel_grad_chunks: int
+) -> tuple[jax.Array, Any]:
     return _conv(x, kernel, padding), (x, kernel)
 
 
-def _conv2d_bwd(padding: Padding, residuals: Any, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _conv2d_bwd(
+    padding: Padding, kernel_grad_chunks: int, residuals: Any, g: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     x, kernel = residuals
     kh, kw = kernel.shape[:2]
     (top, bottom), (left, right) = padding
     # d/dx: correlate g with the flipped kernel, in and out channels swapped.
     flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
     dx = _conv(g, flipped, ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right)))
-    # d/dkernel: input channels as the batch, the batch as the features.
-    dk = _conv(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)), padding)
-    return dx, jnp.transpose(dk, (1, 2, 0, 3))
+    return dx, kernel_gradient(x, g, padding, kernel_grad_chunks)
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+def kernel_gradient(x: jax.Array, g: jax.Array, padding: Padding, chunks: int = 1) -> jax.Array:
+    """d/dkernel of the convolution of `x` with output cotangent `g`: a convolution with
+    the input channels as the batch and the batch as the features, or, with `chunks` > 1,
+    one such convolution per slice of the batch (gcd(batch, chunks) equal slices), summed
+    in order.
+
+    One slice is autodiff's arithmetic (tested to the bit). On XLA:CPU this convolution's
+    "kernel" is `g`'s whole spatial extent, unrolled into a patch matrix of 9x the input
+    for a 3x3 kernel; per slice it is that much smaller, which for some layer shapes is
+    faster (docs/PERFORMANCE.md has which and by how much).
+    """
+    n, k = x.shape[0], math.gcd(x.shape[0], chunks)
+    # (slices, channels, h, w, batch / slices): each slice's operands contiguous.
+    xs = jnp.transpose(x.reshape(k, n // k, *x.shape[1:]), (0, 4, 2, 3, 1))
+    gs = jnp.transpose(g.reshape(k, n // k, *g.shape[1:]), (0, 2, 3, 1, 4))
+    total = _conv(xs[0], gs[0], padding)
+    for i in range(1, k):
+        total = total + _conv(xs[i], gs[i], padding)
+    return jnp.transpose(total, (1, 2, 0, 3))
 
 
 def conv_general_dilated(
@@ -111,9 +139,11 @@ def conv_general_dilated(
     dimension_numbers: Any = None,
     feature_group_count: int = 1,
     precision: Any = None,
+    kernel_grad_chunks: int = 1,
 ) -> jax.Array:
     """nn.Conv's hook: `conv2d` for what our models use (stride 1, no dilation or
-    groups, NHWC), `lax.conv_general_dilated` for anything else."""
+    groups, NHWC), `lax.conv_general_dilated` for anything else (where
+    `kernel_grad_chunks` does not apply)."""
     plain = (
         tuple(window_strides) == (1, 1)
         and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
@@ -130,7 +160,7 @@ def conv_general_dilated(
         pads = [((k - 1) // 2, k // 2) if padding == "SAME" else (0, 0) for k in sizes]
     else:
         pads = [tuple(p) for p in padding]
-    return conv2d(lhs, rhs, (tuple(pads[0]), tuple(pads[1])))
+    return conv2d(lhs, rhs, (tuple(pads[0]), tuple(pads[1])), kernel_grad_chunks)
 
 
 def reduce_max_pool_2x2(x: jax.Array) -> jax.Array:

@@ -173,6 +173,13 @@ def test_values_at_the_limits_are_accepted(overrides):
         ("cnn4", "bn_op", "fast", "config.model.bn_op='fast': expected one of ('fused', 'flax')"),
         ("cnn4", "pool_op", "avg", "config.model.pool_op='avg': expected one of ('maxima', 'reduce_max')"),
         ("cnn4", "conv_op", "fft", "config.model.conv_op='fft': expected one of ('custom', 'lax')"),
+        ("cnn4", "kernel_grad_chunks", (1, 0), "config.model.kernel_grad_chunks=(1, 0): must be >= 1"),
+        (
+            "cnn4",
+            "conv_op",
+            "lax",
+            "config.model.kernel_grad_chunks=(1, 8, 1, 1): needs model.conv_op='custom'",
+        ),
     ],
 )
 def test_bad_model_fields_name_the_field(name, field, value, message):

@@ -254,6 +254,55 @@ def test_conv2d_and_its_gradients_equal_lax(size, kernel, padding, channels):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize(("batch", "chunks", "slices"), [(8, 4, 4), (6, 4, 2), (5, 3, 1), (4, 8, 4)])
+def test_kernel_gradient_in_batch_slices_equals_autodiff(batch, chunks, slices):
+    """kernel_grad_chunks: the kernel gradient as gcd(batch, chunks) convolutions over batch
+    slices, summed: autodiff's gradient to float32 rounding, the input gradient unchanged."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (batch, 9, 9, 3))
+    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 5))
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def loss(conv):
+        return lambda x, w: jnp.sum(jnp.sin(conv(x, w)))
+
+    def ours(x, w):
+        return ops.conv_general_dilated(x, w, (1, 1), "SAME", kernel_grad_chunks=chunks)
+
+    def reference(x, w):
+        return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)
+
+    dx, dw = jax.grad(loss(ours), (0, 1))(x, w)
+    ref_dx, ref_dw = jax.grad(loss(reference), (0, 1))(x, w)
+    np.testing.assert_array_equal(dx, ref_dx)
+    np.testing.assert_allclose(dw, ref_dw, rtol=1e-5, atol=1e-4)
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss(ours), 1))(x, w))
+    assert jaxpr.count("conv_general_dilated[") == 2 + slices  # Forward, input gradient, slices.
+
+
+def test_cnn_kernel_grad_chunks_per_block():
+    """model.kernel_grad_chunks: one entry per block in order, missing entries 1; the same
+    logits and, to rounding, the same gradients as without it."""
+    x = jax.random.normal(jax.random.PRNGKey(1), (8, 28, 28, 1))
+    plain, sliced = (
+        models.CNN(conv_features=(4, 8, 8), batch_norm=True, dense_features=(8,), kernel_grad_chunks=c)
+        for c in (1, (2, 4))
+    )
+    variables = models.init_variables(plain, jax.random.PRNGKey(0))
+
+    def loss(params, model):
+        logits, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+        return jnp.sum(jnp.sin(logits))
+
+    ours, reference = (jax.value_and_grad(loss)(variables["params"], m) for m in (sliced, plain))
+    np.testing.assert_array_equal(ours[0], reference[0])
+    for a, b in zip(jax.tree_util.tree_leaves(ours[1]), jax.tree_util.tree_leaves(reference[1]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss), static_argnums=1)(variables["params"], sliced))
+    assert jaxpr.count("conv_general_dilated[") == 3 + 3 + (2 + 4 + 1)  # Forwards, input grads, slices.
+    with pytest.raises(ValueError, match=r"kernel_grad_chunks needs model\.conv_op='custom'"):
+        models.CNN(conv_features=(4,), kernel_grad_chunks=2, conv_op="lax").init(jax.random.PRNGKey(0), x)
+
+
 @pytest.mark.parametrize(
     "model",
     [

@@ -336,13 +336,15 @@ ABLATIONS = {
     "jaxlib_default_flags": "jaxlib's default XLA:CPU flags (YNNPACK also for convolutions, elementwise)",
     "unfused_bn": "batch norm, ReLU and pooling as three steps (flax's BatchNorm), not one fused op",
     "reduce_max_pool": "as unfused_bn, with 2x2 pooling as one reduce-max over a reshaped window",
+    "whole_batch_kernel_grad": "each kernel gradient as one convolution over the whole batch, not in slices",
     "autodiff_conv": "backward convolutions left to autodiff (lax.conv_general_dilated)",
 }
 # The model fields (fmnist_jax/ops.py) that undo a choice; the flags variant is an environment.
 ABLATION_OVERRIDES = {
     "unfused_bn": "+model.bn_op=flax",
     "reduce_max_pool": "+model.bn_op=flax+model.pool_op=reduce_max",
-    "autodiff_conv": "+model.conv_op=lax",
+    "whole_batch_kernel_grad": "+model.kernel_grad_chunks=1",
+    "autodiff_conv": "+model.conv_op=lax+model.kernel_grad_chunks=1",
 }
 
 
