@@ -135,6 +135,9 @@ class CNN(nn.Module):
     # Speed only: slices of the batch each block's kernel gradient is computed over
     # (ops.kernel_gradient); one value, or one per block in order (blocks past its end: 1).
     kernel_grad_chunks: int | Sequence[int] = 1
+    # Speed only: a one-channel input's convolution (the first block's) as multiply-adds
+    # (ops.taps_conv), with conv_op="custom".
+    taps_conv: bool = True
 
     def fused_block(self) -> bool:
         """Whether each block's BN, activation and pooling run as one `BatchNormReluPool`."""
@@ -144,17 +147,17 @@ class CNN(nn.Module):
         )  # fmt: skip
 
     def block_conv(self, index: int) -> Callable[..., jax.Array]:
-        """Block `index`'s convolution hook, with its `kernel_grad_chunks`."""
+        """Block `index`'s convolution hook, with its `kernel_grad_chunks` and `taps_conv`."""
         per_block = self.kernel_grad_chunks
         if isinstance(per_block, int):
             chunks = per_block
         else:
             chunks = per_block[index] if index < len(per_block) else 1
-        if chunks == 1:
-            return ops.CONV_OPS[self.conv_op]
-        if self.conv_op != "custom":
+        if self.conv_op == "custom":
+            return functools.partial(ops.conv_general_dilated, kernel_grad_chunks=chunks, taps=self.taps_conv)
+        if chunks != 1:
             raise ValueError(f"model.kernel_grad_chunks needs model.conv_op='custom', not {self.conv_op!r}")
-        return functools.partial(ops.conv_general_dilated, kernel_grad_chunks=chunks)
+        return ops.CONV_OPS[self.conv_op]
 
     def conv_block(
         self, x: jax.Array, index: int, features: int, kernel: int, padding: str, train: bool

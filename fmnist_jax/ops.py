@@ -70,8 +70,10 @@ def _batchable_conv(padding: Padding) -> Callable[[jax.Array, jax.Array], jax.Ar
     return conv
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv2d(x: jax.Array, kernel: jax.Array, padding: Padding, kernel_grad_chunks: int = 1) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv2d(
+    x: jax.Array, kernel: jax.Array, padding: Padding, kernel_grad_chunks: int = 1, taps: bool = False
+) -> jax.Array:
     """Stride-1 NHWC/HWIO convolution whose two backward convolutions are written
     out in the same canonical NHWC/HWIO form as the forward one.
 
@@ -80,21 +82,26 @@ def conv2d(x: jax.Array, kernel: jax.Array, padding: Padding, kernel_grad_chunks
     autodiff's backward convolutions in a transposed layout that its fast kernels do
     not take, and a cnn2_2x2 step ran 7x slower; written out, they stay fast.
 
-    `kernel_grad_chunks` > 1 computes the kernel gradient as that many convolutions
-    over slices of the batch, summed (`kernel_gradient`): the same gradient up to
-    rounding, faster on a CPU for some layer shapes (docs/PERFORMANCE.md).
+    Two options trade the bits for speed (the same values up to float32 rounding;
+    docs/PERFORMANCE.md has what each buys): `kernel_grad_chunks` > 1 computes the
+    kernel gradient over slices of the batch (`kernel_gradient`), and `taps` computes
+    the forward convolution of a one-channel input as multiply-adds (`taps_conv`).
     """
-    return _conv(x, kernel, padding)
+    return _forward(x, kernel, padding, taps)
+
+
+def _forward(x: jax.Array, kernel: jax.Array, padding: Padding, taps: bool) -> jax.Array:
+    return taps_conv(x, kernel, padding) if taps and x.shape[-1] == 1 else _conv(x, kernel, padding)
 
 
 def _conv2d_fwd(
-    x: jax.Array, kernel: jax.Array, padding: Padding, kernel_grad_chunks: int
+    x: jax.Array, kernel: jax.Array, padding: Padding, kernel_grad_chunks: int, taps: bool
 ) -> tuple[jax.Array, Any]:
-    return _conv(x, kernel, padding), (x, kernel)
+    return _forward(x, kernel, padding, taps), (x, kernel)
 
 
 def _conv2d_bwd(
-    padding: Padding, kernel_grad_chunks: int, residuals: Any, g: jax.Array
+    padding: Padding, kernel_grad_chunks: int, taps: bool, residuals: Any, g: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
     x, kernel = residuals
     kh, kw = kernel.shape[:2]
@@ -106,6 +113,23 @@ def _conv2d_bwd(
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+def taps_conv(x: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
+    """The convolution of a one-channel NHWC input as one multiply-add per kernel tap
+    (a shifted view of the padded input times that tap's row of output weights), summed
+    in row-major tap order: one elementwise pass that writes the output once.
+
+    XLA:CPU runs such a convolution as a matrix product whose inner dimension is only
+    the kernel's kh*kw taps, several times slower (docs/PERFORMANCE.md).
+    """
+    kh, kw = kernel.shape[:2]
+    xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    h, w = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+    out = xp[:, :h, :w] * kernel[0, 0, 0]
+    for i, j in ((i, j) for i in range(kh) for j in range(kw) if i or j):
+        out = out + xp[:, i : i + h, j : j + w] * kernel[i, j, 0]
+    return out
 
 
 def kernel_gradient(x: jax.Array, g: jax.Array, padding: Padding, chunks: int = 1) -> jax.Array:
@@ -140,10 +164,11 @@ def conv_general_dilated(
     feature_group_count: int = 1,
     precision: Any = None,
     kernel_grad_chunks: int = 1,
+    taps: bool = False,
 ) -> jax.Array:
     """nn.Conv's hook: `conv2d` for what our models use (stride 1, no dilation or
     groups, NHWC), `lax.conv_general_dilated` for anything else (where
-    `kernel_grad_chunks` does not apply)."""
+    `kernel_grad_chunks` and `taps` do not apply)."""
     plain = (
         tuple(window_strides) == (1, 1)
         and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
@@ -160,7 +185,7 @@ def conv_general_dilated(
         pads = [((k - 1) // 2, k // 2) if padding == "SAME" else (0, 0) for k in sizes]
     else:
         pads = [tuple(p) for p in padding]
-    return conv2d(lhs, rhs, (tuple(pads[0]), tuple(pads[1])), kernel_grad_chunks)
+    return conv2d(lhs, rhs, (tuple(pads[0]), tuple(pads[1])), kernel_grad_chunks, taps)
 
 
 def reduce_max_pool_2x2(x: jax.Array) -> jax.Array:

@@ -337,6 +337,7 @@ ABLATIONS = {
     "unfused_bn": "batch norm, ReLU and pooling as three steps (flax's BatchNorm), not one fused op",
     "reduce_max_pool": "as unfused_bn, with 2x2 pooling as one reduce-max over a reshaped window",
     "whole_batch_kernel_grad": "each kernel gradient as one convolution over the whole batch, not in slices",
+    "conv_first_layer": "the first convolution (one input channel) as XLA's convolution, not multiply-adds",
     "autodiff_conv": "backward convolutions left to autodiff (lax.conv_general_dilated)",
 }
 # The model fields (fmnist_jax/ops.py) that undo a choice; the flags variant is an environment.
@@ -344,6 +345,7 @@ ABLATION_OVERRIDES = {
     "unfused_bn": "+model.bn_op=flax",
     "reduce_max_pool": "+model.bn_op=flax+model.pool_op=reduce_max",
     "whole_batch_kernel_grad": "+model.kernel_grad_chunks=1",
+    "conv_first_layer": "+model.taps_conv=False",
     "autodiff_conv": "+model.conv_op=lax+model.kernel_grad_chunks=1",
 }
 
