@@ -11,7 +11,7 @@ import pytest
 from conftest import load_config
 from test_models import KERAS_PARAMS
 
-from fmnist_jax import benchmark, models, parallel, steps
+from fmnist_jax import benchmark, configuration, models, parallel, steps
 from fmnist_jax.benchmark import jax_bench
 
 # Every seed model: the README's parameter table claims each equals its Keras model's
@@ -201,6 +201,14 @@ def test_config_overrides():
     assert (config.batch_size, config.compute_dtype, config.model.name) == (512, "bfloat16", "cnn")
     with pytest.raises(ValueError, match="not key=value"):
         benchmark.load_config("cnn4+no_such_field=1")
+
+
+@pytest.mark.parametrize("variant", sorted(jax_bench.ABLATION_OVERRIDES))
+def test_each_ablation_override_gives_a_valid_cnn4_config(variant):
+    """Each ablation row's overrides apply to cnn4 and pass the config checks, and change it."""
+    config = benchmark.load_config("cnn4" + jax_bench.ABLATION_OVERRIDES[variant])
+    configuration.validate_config(config)
+    assert config != load_config("cnn4")
 
 
 def test_profile_times_the_step_s_operations():

@@ -344,9 +344,9 @@ ABLATIONS = {
 ABLATION_OVERRIDES = {
     "unfused_bn": "+model.bn_op=flax",
     "reduce_max_pool": "+model.bn_op=flax+model.pool_op=reduce_max",
-    "whole_batch_kernel_grad": "+model.kernel_grad_chunks=1",
+    "whole_batch_kernel_grad": "+model.kernel_grad_chunks=(1,1,1,1)",
     "conv_first_layer": "+model.taps_conv=False",
-    "autodiff_conv": "+model.conv_op=lax+model.kernel_grad_chunks=1",
+    "autodiff_conv": "+model.conv_op=lax+model.kernel_grad_chunks=(1,1,1,1)",
 }
 
 
