@@ -153,11 +153,12 @@ class CNN(nn.Module):
             chunks = per_block
         else:
             chunks = per_block[index] if index < len(per_block) else 1
+        conv = ops.CONV_OPS[self.conv_op]
         if self.conv_op == "custom":
-            return functools.partial(ops.conv_general_dilated, kernel_grad_chunks=chunks, taps=self.taps_conv)
+            return functools.partial(conv, kernel_grad_chunks=chunks, taps=self.taps_conv)
         if chunks != 1:
             raise ValueError(f"model.kernel_grad_chunks needs model.conv_op='custom', not {self.conv_op!r}")
-        return ops.CONV_OPS[self.conv_op]
+        return conv
 
     def conv_block(
         self, x: jax.Array, index: int, features: int, kernel: int, padding: str, train: bool

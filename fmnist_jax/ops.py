@@ -1,11 +1,12 @@
 """The convolution, pooling and batch-norm block our CNNs use, written for XLA:CPU's fast paths.
 
-Same values as the textbook operations (tested to the bit; the fused block's gradient
-to float32 rounding); each is chosen by a `model` config field, so the benchmark's
-ablation undoes one by a config override: `model.pool_op` ('maxima' or 'reduce_max'),
-`model.conv_op` ('custom' or 'lax') and `model.bn_op` ('fused' or 'flax': batch norm,
-ReLU and pooling as `bn_relu_pool`, or as three steps). docs/PERFORMANCE.md has what
-each buys.
+Same values as the textbook operations (tested to the bit; the fused block's gradient,
+`taps_conv` and `kernel_gradient` in slices to float32 rounding); each is chosen by a
+`model` config field, so the benchmark's ablation undoes one by a config override:
+`model.pool_op` ('maxima' or 'reduce_max'), `model.conv_op` ('custom' or 'lax'),
+`model.bn_op` ('fused' or 'flax': batch norm, ReLU and pooling as `bn_relu_pool`, or as
+three steps), `model.taps_conv` and `model.kernel_grad_chunks`. docs/PERFORMANCE.md has
+what each buys.
 """
 
 from __future__ import annotations

@@ -254,6 +254,17 @@ def test_conv2d_and_its_gradients_equal_lax(size, kernel, padding, channels):
         np.testing.assert_array_equal(a, b)
 
 
+def _training_loss(variables, x):
+    """loss(params, model): sum(sin(logits)) of `model` in training mode on `x` (batch stats
+    from the batch), with `variables`' other collections."""
+
+    def loss(params, model):
+        logits, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+        return jnp.sum(jnp.sin(logits))
+
+    return loss
+
+
 @pytest.mark.parametrize(("batch", "chunks", "slices"), [(8, 4, 4), (6, 4, 2), (5, 3, 1), (4, 8, 4)])
 def test_kernel_gradient_in_batch_slices_equals_autodiff(batch, chunks, slices):
     """kernel_grad_chunks: the kernel gradient as gcd(batch, chunks) convolutions over batch
@@ -288,11 +299,7 @@ def test_cnn_kernel_grad_chunks_per_block():
         for c in (1, (2, 4))
     )
     variables = models.init_variables(plain, jax.random.PRNGKey(0))
-
-    def loss(params, model):
-        logits, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
-        return jnp.sum(jnp.sin(logits))
-
+    loss = _training_loss(variables, x)
     ours, reference = (jax.value_and_grad(loss)(variables["params"], m) for m in (sliced, plain))
     np.testing.assert_array_equal(ours[0], reference[0])
     for a, b in zip(jax.tree_util.tree_leaves(ours[1]), jax.tree_util.tree_leaves(reference[1]), strict=True):
@@ -546,11 +553,7 @@ def test_cnn_conv_op_lax_gives_the_custom_convolutions_values():
     )
     assert custom.fused_block() and lax_conv.fused_block()
     variables = models.init_variables(custom, jax.random.PRNGKey(0))
-
-    def loss(params, model):
-        logits, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
-        return jnp.sum(jnp.sin(logits))
-
+    loss = _training_loss(variables, x)
     ours, reference = (jax.value_and_grad(loss)(variables["params"], m) for m in (custom, lax_conv))
     np.testing.assert_allclose(ours[0], reference[0], rtol=1e-5)
     for a, b in zip(jax.tree_util.tree_leaves(ours[1]), jax.tree_util.tree_leaves(reference[1]), strict=True):
