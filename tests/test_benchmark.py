@@ -1,7 +1,10 @@
 """The benchmark compares like with like: its Keras and PyTorch models are ours, built
 from the same config fields, parameter for parameter."""
 
+import os
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -335,12 +338,42 @@ def test_keras_steady_fit_times_batches_inside_one_fit():
     assert len(model.history.history["loss"]) == 2  # Stopped in the second epoch.
 
 
+_FREED_RSS = """
+import sys
+import numpy as np
+from fmnist_jax.benchmark import torch_bench
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+if sys.argv[1] == "kept":
+    torch_bench.keep_freed_memory()
+before = rss()
+block = np.ones(64 << 17)  # 64 MiB, every page touched.
+del block
+print((rss() - before) >> 20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_mallopt_setups_keep_freed_memory():
+    """keep_freed_memory (PyTorch's "mallopt" setups): a freed 64 MiB block stays in the
+    process for the next allocation; by default glibc returns it to the kernel at once."""
+    kept, default = (
+        int(subprocess.run([sys.executable, "-c", _FREED_RSS, arg], capture_output=True, text=True,
+                           check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout)
+        for arg in ("kept", "default")
+    )  # fmt: skip
+    assert kept >= 60 and default <= 4, (kept, default)
+
+
 def test_torch_setups_include_channels_last():
     torch = pytest.importorskip("torch")
     from fmnist_jax.benchmark import cli, torch_bench
 
     setups = cli.setups_to_time(cli.installed_frameworks("jax,keras,torch"))
-    assert setups["torch"] == ["default (NCHW)", "channels_last"]
+    assert setups["torch"] == ["default (NCHW)", "channels_last", "default (NCHW), mallopt", "channels_last, mallopt"]
     assert "jax" not in setups and "jit_compile" in setups["keras"]
     config = cnn_config(conv_features=(4, 8), dense_features=(8,))
     x = torch.from_numpy(np.random.default_rng(0).random((40, 1, 28, 28), np.float32))

@@ -5,6 +5,7 @@ same batches."""
 from __future__ import annotations
 
 import contextlib
+import platform
 import time
 from collections.abc import Callable
 from typing import Any
@@ -91,12 +92,35 @@ def count_parameters(model: Any) -> int:
     return sum(p.numel() for p in model.parameters()) + buffers
 
 
+# glibc malloc's thresholds (mallopt's M_TRIM_THRESHOLD, M_MMAP_THRESHOLD) for "mallopt" setups.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+KEPT_BYTES = 256 << 20
+
+
+def keep_freed_memory() -> None:
+    """glibc malloc's mmap and trim thresholds raised to KEPT_BYTES for this process: the
+    memory of a step's freed tensors is then reused by the next step instead of being
+    unmapped and faulted in again (what a caching allocator such as jemalloc, which
+    PyTorch's CPU tuning advice names, also gives). Process-wide; glibc only."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    for option in (M_TRIM_THRESHOLD, M_MMAP_THRESHOLD):
+        if libc.mallopt(option, KEPT_BYTES) != 1:
+            raise RuntimeError(f"glibc's mallopt({option}, {KEPT_BYTES}) failed")
+
+
 # PyTorch's setups, each timed in its own child: its default layout and channels_last
-# (model and input in NHWC memory order, which oneDNN's CPU convolutions prefer).
+# (model and input in NHWC memory order, which oneDNN's CPU convolutions prefer), each
+# also with freed memory kept (`keep_freed_memory`; where the C library is glibc). On the
+# Zen 4 machines that made PyTorch's CPU rates 1.4-3x higher and far steadier from process
+# to process (docs/PERFORMANCE.md).
 TORCH_SETUPS: dict[str, dict[str, Any]] = {
     "default (NCHW)": {},
     "channels_last": {"channels_last": True},
 }
+if platform.libc_ver()[0] == "glibc":
+    TORCH_SETUPS |= {f"{name}, mallopt": {**setup, "mallopt": True} for name, setup in TORCH_SETUPS.items()}
 MAX_EPOCHS = 20  # A steady run's cap; it stops once STEADY_SECONDS of steady steps are timed.
 CUDA_MARK_EVERY = 20  # On CUDA the clock is marked (and the device synchronized) every 20 steps.
 
@@ -161,6 +185,10 @@ def torch_worker(name: str, setup: str = "default (NCHW)", steady_seconds: float
     import numpy as np
     import torch
 
+    if setup not in TORCH_SETUPS:
+        raise ValueError(f"no PyTorch setup {setup!r}; there are {list(TORCH_SETUPS)}")
+    if TORCH_SETUPS[setup].get("mallopt"):
+        keep_freed_memory()
     config = load_config(name)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
