@@ -373,7 +373,12 @@ def test_torch_setups_include_channels_last():
     from fmnist_jax.benchmark import cli, torch_bench
 
     setups = cli.setups_to_time(cli.installed_frameworks("jax,keras,torch"))
-    assert setups["torch"] == ["default (NCHW)", "channels_last", "default (NCHW), mallopt", "channels_last, mallopt"]
+    assert setups["torch"] == [
+        "default (NCHW)",
+        "channels_last",
+        "default (NCHW), mallopt",
+        "channels_last, mallopt",
+    ]
     assert "jax" not in setups and "jit_compile" in setups["keras"]
     config = cnn_config(conv_features=(4, 8), dense_features=(8,))
     x = torch.from_numpy(np.random.default_rng(0).random((40, 1, 28, 28), np.float32))
