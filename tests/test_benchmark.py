@@ -453,6 +453,7 @@ def test_fastest_peer_setup_counts_and_a_missing_torch_is_named(monkeypatch):
 
     rates = {"fit defaults": 900.0, "inter-op threads 2": 950.0, "jit_compile": 1600.0}
     rates |= {"jit_compile, steps_per_execution": 1000.0, "default (NCHW)": 1800.0, "channels_last": 2500.0}
+    rates |= {"default (NCHW), mallopt": 1700.0, "channels_last, mallopt": 2400.0}
     calls = []
 
     def run_child(args, env=None):
@@ -471,7 +472,7 @@ def test_fastest_peer_setup_counts_and_a_missing_torch_is_named(monkeypatch):
     monkeypatch.setattr(cli, "run_child", run_child)
     summary = cli.measure_config("cnn4", ["jax", "keras", "torch"], repeats=1)
     assert summary["keras"]["setups"] == {s: rates[s] for s in cli.PEER_SETUPS["keras"]}
-    assert summary["torch"]["setups"] == {"default (NCHW)": 1800.0, "channels_last": 2500.0}
+    assert summary["torch"]["setups"] == {s: rates[s] for s in cli.PEER_SETUPS["torch"]}
     assert summary["keras"]["fastest_setup"] == "jit_compile"
     assert summary["jax"]["over_keras"] == pytest.approx(2000 / 1600)
     assert summary["jax"]["over_fastest_peer"] == pytest.approx(2000 / 2500)
