@@ -360,11 +360,14 @@ print((rss() - before) >> 20)
 def test_mallopt_setups_keep_freed_memory():
     """keep_freed_memory (PyTorch's "mallopt" setups): a freed 64 MiB block stays in the
     process for the next allocation; by default glibc returns it to the kernel at once."""
-    kept, default = (
-        int(subprocess.run([sys.executable, "-c", _FREED_RSS, arg], capture_output=True, text=True,
-                           check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", _FREED_RSS, arg], capture_output=True, text=True, check=True, cwd=root
+        )
         for arg in ("kept", "default")
-    )  # fmt: skip
+    ]
+    kept, default = (int(run.stdout) for run in runs)
     assert kept >= 60 and default <= 4, (kept, default)
 
 

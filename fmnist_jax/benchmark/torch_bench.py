@@ -112,9 +112,8 @@ def keep_freed_memory() -> None:
 
 # PyTorch's setups, each timed in its own child: its default layout and channels_last
 # (model and input in NHWC memory order, which oneDNN's CPU convolutions prefer), each
-# also with freed memory kept (`keep_freed_memory`; where the C library is glibc). On the
-# Zen 4 machines that made PyTorch's CPU rates 1.4-3x higher and far steadier from process
-# to process (docs/PERFORMANCE.md).
+# also with freed memory kept (`keep_freed_memory`; where the C library is glibc), which
+# made PyTorch faster and steadier on these machines (docs/PERFORMANCE.md has the numbers).
 TORCH_SETUPS: dict[str, dict[str, Any]] = {
     "default (NCHW)": {},
     "channels_last": {"channels_last": True},
@@ -125,13 +124,18 @@ MAX_EPOCHS = 20  # A steady run's cap; it stops once STEADY_SECONDS of steady st
 CUDA_MARK_EVERY = 20  # On CUDA the clock is marked (and the device synchronized) every 20 steps.
 
 
+def setup_options(setup: str) -> dict[str, Any]:
+    """TORCH_SETUPS[setup], or a ValueError naming the setups there are."""
+    if setup not in TORCH_SETUPS:
+        raise ValueError(f"no PyTorch setup {setup!r}; there are {list(TORCH_SETUPS)}")
+    return TORCH_SETUPS[setup]
+
+
 def to_setup(model: Any, x: Any, setup: str) -> tuple[Any, Any]:
     """The model and input batch tensor laid out as TORCH_SETUPS[setup] says."""
     import torch
 
-    if setup not in TORCH_SETUPS:
-        raise ValueError(f"no PyTorch setup {setup!r}; there are {list(TORCH_SETUPS)}")
-    if TORCH_SETUPS[setup].get("channels_last"):
+    if setup_options(setup).get("channels_last"):
         return model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     return model, x.contiguous()
 
@@ -185,9 +189,7 @@ def torch_worker(name: str, setup: str = "default (NCHW)", steady_seconds: float
     import numpy as np
     import torch
 
-    if setup not in TORCH_SETUPS:
-        raise ValueError(f"no PyTorch setup {setup!r}; there are {list(TORCH_SETUPS)}")
-    if TORCH_SETUPS[setup].get("mallopt"):
+    if setup_options(setup).get("mallopt"):
         keep_freed_memory()
     config = load_config(name)
     cuda = torch.cuda.is_available()
