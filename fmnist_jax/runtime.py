@@ -81,14 +81,21 @@ def _cpuinfo() -> dict[str, str]:
     return fields
 
 
-def amd_generation(family: int, flags: set[str]) -> str | None:
-    """AMD's Zen generation from the CPU family and flags (None: not a known Zen)."""
+def amd_generation(family: int, model: int | None, flags: set[str]) -> str | None:
+    """AMD's Zen generation from the CPU family, model number and flags (None: not a
+    known Zen)."""
     if family == 26:
         return "Zen 5"
     if family == 25:  # Zen 3 and Zen 4 share the family; only Zen 4 has AVX-512.
         return "Zen 4" if "avx512f" in flags else "Zen 3"
-    if family == 23:
-        return "Zen/Zen 2"
+    if family == 23:  # Zen and Zen+ (two 128-bit FMA units) are models below 0x30, Zen 2 above.
+        return (
+            "Zen 2"
+            if model is not None and model >= 0x30
+            else "Zen/Zen+"
+            if model is not None
+            else "Zen/Zen 2"
+        )
     return None
 
 
@@ -102,7 +109,8 @@ def cpu_description() -> str:
     flags = set(info.get("flags", "").split())
     details = [f"family {info['cpu family']} model {info.get('model', '?')}"]
     if info.get("vendor_id") == "AuthenticAMD":
-        generation = amd_generation(int(info["cpu family"]), flags)
+        model = info.get("model", "")
+        generation = amd_generation(int(info["cpu family"]), int(model) if model.isdigit() else None, flags)
         details += [generation] if generation else []
     details.append("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2")
     return f"{name} ({', '.join(details)})"
@@ -114,13 +122,14 @@ def cpu_features() -> dict[str, Any]:
     info = _cpuinfo()
     flags = set(info.get("flags", "").split())
     family = int(info["cpu family"]) if info.get("cpu family", "").isdigit() else None
+    model = int(info["model"]) if info.get("model", "").isdigit() else None
     amd = info.get("vendor_id") == "AuthenticAMD"
     return {
         "model_name": info.get("model name") or platform.processor() or platform.machine(),
         "vendor": info.get("vendor_id", ""),
         "family": family,
-        "model": int(info["model"]) if info.get("model", "").isdigit() else None,
-        "generation": amd_generation(family, flags) if amd and family is not None else None,
+        "model": model,
+        "generation": amd_generation(family, model, flags) if amd and family is not None else None,
         **{flag: flag in flags for flag in ("avx2", "avx512f", "avx512_bf16")},
     }
 

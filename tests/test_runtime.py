@@ -13,16 +13,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize(
-    ("family", "flags", "expected"),
+    ("family", "model", "flags", "expected"),
     [
-        (26, {"avx512f", "avx2"}, "Zen 5"),
-        (25, {"avx512f", "avx2"}, "Zen 4"),
-        (25, {"avx2"}, "Zen 3"),
-        (6, set(), None),
+        (26, 2, {"avx512f", "avx2"}, "Zen 5"),
+        (25, 17, {"avx512f", "avx2"}, "Zen 4"),
+        (25, 1, {"avx2"}, "Zen 3"),
+        (23, 49, {"avx2"}, "Zen 2"),  # EPYC 7002 (Rome): model 0x31.
+        (23, 1, {"avx2"}, "Zen/Zen+"),  # EPYC 7001 (Naples).
+        (23, None, {"avx2"}, "Zen/Zen 2"),
+        (6, 85, set(), None),
     ],
 )
-def test_amd_generation_from_family_and_flags(family, flags, expected):
-    assert runtime.amd_generation(family, flags) == expected
+def test_amd_generation_from_family_model_and_flags(family, model, flags, expected):
+    assert runtime.amd_generation(family, model, flags) == expected
 
 
 def test_cpu_description_names_family_model_and_vector_width():
