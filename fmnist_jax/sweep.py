@@ -14,12 +14,15 @@ of that one run, with `--tta`), into `<root>/<row>/seed<k>/eval.json` and a resu
 that carries ROW's training time and machine; it is evaluated again when ROW's run changes.
 
 Each (row, seed) trains with `launch.py` in its own process into `<root>/<row>/seed<k>/`,
-its log in `train.log` there. A run whose `results.json` exists is finished and is never
-retrained; an interrupted run resumes from its newest checkpoint, so the command can be
-stopped at any time and started again. After every finished run the table is rewritten
-from the runs' own results.json files, between the lines `<!-- sweep:<name> begin -->` and
-`<!-- sweep:<name> end -->` of the markdown file (added under the section's heading the
-first time); the rest of the file is left as it is. `make reproduce`
+its log in `train.log` there. A run whose `results.json` exists, or that the sweep's record
+holds, is finished and is never retrained; an interrupted run resumes from its newest
+checkpoint, so the command can be stopped at any time and started again. After every
+finished run its numbers go into the record (`<markdown's folder>/sweeps/<name>.json`, meant
+to be committed with the markdown, so that a clone elsewhere trains only what is missing)
+and the table is rewritten from the runs' own results.json files and the record, between
+the lines `<!-- sweep:<name> begin -->` and `<!-- sweep:<name> end -->` of the markdown
+file (added under the section's heading the first time); the rest of the file is left as
+it is. `make reproduce`
 (`fmnist_jax/reproduce.py`) runs its seed experiments with the same machinery.
 """
 
@@ -91,9 +94,14 @@ class Sweep:
     root: str = ""  # Run directories; default runs/sweeps/<name>.
     output: str = os.path.join("docs", "RESULTS.md")
     section: str = "Beyond the seeds"
+    record: str = ""  # The record of finished runs; default <output's folder>/sweeps/<name>.json.
 
     def run_root(self) -> str:
         return os.path.join(ROOT, self.root or os.path.join("runs", "sweeps", self.name))
+
+    def record_file(self) -> str:
+        default = os.path.join(os.path.dirname(self.output), "sweeps", f"{self.name}.json")
+        return os.path.join(ROOT, self.record or default)
 
     def config_file(self, row: Row) -> str:
         return os.path.join(ROOT, row.config or self.config)
@@ -180,14 +188,14 @@ def evaluated_run(base: dict) -> dict:
 
 def drop_stale_evaluations(sweep: Sweep, seeds: Sequence[int]) -> None:
     """Removes the results.json of each evaluating row's seed whose evaluated run is no
-    longer the run it evaluated (retrained, or gone), so that it is evaluated again."""
+    longer the run it evaluated (retrained, or gone), and its record entry, so that it is
+    evaluated again."""
+    results = finished_results(sweep, seeds)
     for row in (r for r in sweep.rows if r.evaluates):
         for seed in seeds:
-            workdir = run_dir(sweep.run_root(), row, seed)
-            result = load_result(workdir)
-            base = load_result(evaluated_dir(sweep, row, seed))
+            result, base = results.get((row.name, seed)), results.get((row.evaluates, seed))
             if result is not None and (base is None or evaluated_run(base) != result.get("evaluated_run")):
-                os.remove(os.path.join(workdir, "results.json"))
+                forget(sweep, row, seed)
                 print(
                     f"{row.name} seed {seed}: {row.evaluates}'s run changed since it was evaluated; evaluating again"
                 )
@@ -237,12 +245,16 @@ def run(
     write: Callable[[], None],
     table_only: bool = False,
     dry_run: Callable[[Any, int, str], list[str]] | None = None,
+    finished: Callable[[Any, int], bool] | None = None,
 ) -> int:
-    """Trains every (row, seed) under `root` that has no results.json yet, seed-major (a
-    partial table soon has every row), calling `write()` after each finished run and at
-    the end. With `dry_run`, prints the command it gives each such run instead. Returns
-    the exit status: 0, 1 (a run failed or stopped early) or 130 (interrupted)."""
-    todo = [(r, s) for s in seeds for r in rows if load_result(run_dir(root, r, s)) is None]
+    """Trains every (row, seed) under `root` that has not finished (default: has no
+    results.json yet), seed-major (a partial table soon has every row), calling `write()`
+    after each finished run and at the end. With `dry_run`, prints the command it gives
+    each such run instead. Returns the exit status: 0, 1 (a run failed or stopped early)
+    or 130 (interrupted)."""
+    if finished is None:
+        finished = lambda row, seed: load_result(run_dir(root, row, seed)) is not None  # noqa: E731
+    todo = [(r, s) for s in seeds for r in rows if not finished(r, s)]
     total = len(rows) * len(seeds)
     print(
         f"{total - len(todo)} of {total} runs already finished; "
@@ -286,6 +298,88 @@ def _train_all(todo: list[tuple[Any, int]], root: str, train: Train, write: Call
         )
         write()
     return 0
+
+
+# --- The record: what the table needs of every finished run, kept in the repository. ---
+#
+# Run directories hold checkpoints and are not committed; a run that finished on a machine
+# that is gone would leave the table with nothing to show. The record (a JSON file next to
+# the markdown, committed with it) keeps each finished run's numbers, so that a fresh clone
+# rewrites the same table and trains only what is missing. A run's own results.json, where
+# it is here, comes first.
+
+RECORD_FIELDS = ("step", "tta", "train_seconds", "machine", "finished", "evaluated_run")
+
+
+def record_entry(result: dict) -> dict:
+    """What the record keeps of a run's results.json: its final test (and validation)
+    accuracy, and what the table and the evaluating rows read."""
+    entry = {
+        split: {"accuracy": result[split]["accuracy"]} for split in ("test", "validation") if split in result
+    }
+    return {**entry, **{k: result[k] for k in RECORD_FIELDS if k in result}}
+
+
+def record_key(row: str, seed: int) -> str:
+    return f"{row}/seed{seed}"
+
+
+def read_record(path: str) -> dict[str, dict]:
+    """{'ROW/seedK': entry} from the record file; {} where there is none. SweepError (one
+    line) if it is not a record."""
+    text = pages.read(path)
+    if not text:
+        return {}
+    try:
+        runs = json.loads(text)["runs"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise SweepError(f"{shown_path(path)}: not a sweep record ({e})") from None
+    if not isinstance(runs, dict):
+        raise SweepError(f"{shown_path(path)}: not a sweep record (its runs are no mapping)")
+    return runs
+
+
+def finished_results(sweep: Sweep, seeds: Sequence[int]) -> dict[tuple[str, int], dict]:
+    """Every finished (row name, seed) of the sweep's rows and `seeds`: the run's
+    results.json where it is here, else its entry in the record."""
+    record = read_record(sweep.record_file())
+    found = {}
+    for row in sweep.rows:
+        for seed in seeds:
+            result = load_result(run_dir(sweep.run_root(), row, seed)) or record.get(
+                record_key(row.name, seed)
+            )
+            if result is not None:
+                found[row.name, seed] = result
+    return found
+
+
+def update_record(sweep: Sweep) -> None:
+    """Adds (or replaces) the record's entry of every run under the sweep's root that has
+    a results.json; writes the record if that changes it or if there is none yet."""
+    path = sweep.record_file()
+    record = read_record(path)
+    updated = dict(record)
+    for row in sweep.rows:
+        directory = os.path.join(sweep.run_root(), row.name)
+        seeds = os.listdir(directory) if os.path.isdir(directory) else []
+        for name in (n for n in seeds if re.fullmatch(r"seed\d+", n)):
+            result = load_result(os.path.join(directory, name))
+            if result is not None:
+                updated[record_key(row.name, int(name[4:]))] = record_entry(result)
+    if updated != record or not os.path.isfile(path):
+        pages.write_json(path, {"sweep": sweep.name, "runs": dict(sorted(updated.items()))})
+
+
+def forget(sweep: Sweep, row: Row, seed: int) -> None:
+    """Removes (row, seed)'s results.json and its record entry, so that it runs again."""
+    result = os.path.join(run_dir(sweep.run_root(), row, seed), "results.json")
+    if os.path.isfile(result):
+        os.remove(result)
+    path = sweep.record_file()
+    record = read_record(path)
+    if record.pop(record_key(row.name, seed), None) is not None:
+        pages.write_json(path, {"sweep": sweep.name, "runs": record})
 
 
 # --- Command-line choices shared with reproduce. ---
@@ -414,12 +508,11 @@ def shown_path(path: str) -> str:
 
 
 def sweep_table(sweep: Sweep, seeds: Sequence[int], source: str) -> str:
-    """The sweep's markdown: a heading, what the numbers are, and one line per row from the
-    results.json files of its finished runs."""
+    """The sweep's markdown: a heading, what the numbers are, and one line per row from its
+    finished runs (finished_results)."""
     root = sweep.run_root()
-    done = [
-        {s: r for s in seeds if (r := load_result(run_dir(root, row, s))) is not None} for row in sweep.rows
-    ]
+    found = finished_results(sweep, seeds)
+    done = [{s: found[row.name, s] for s in seeds if (row.name, s) in found} for row in sweep.rows]
     baseline = mean_std([r["test"]["accuracy"] for r in done[0].values()])[0] if done[0] else None
     config = f"`{shown_path(os.path.join(ROOT, sweep.config))}`"
     if any(r.config for r in sweep.rows):
@@ -428,7 +521,8 @@ def sweep_table(sweep: Sweep, seeds: Sequence[int], source: str) -> str:
         f"### `{sweep.name}`",
         "",
         f"Written by `make sweep SWEEP={shown_path(source)}` from the `results.json` of each run under "
-        f"`{shown_path(root)}/`; rerun it to continue or regenerate. Every row trains {config} with its "
+        f"`{shown_path(root)}/` and, for runs not there, from the record of finished runs "
+        f"`{shown_path(sweep.record_file())}`; rerun it to continue or regenerate. Every row trains {config} with its "
         f"overrides, over seeds {', '.join(map(str, seeds))}. Test accuracy is the final epoch's, mean ± sample "
         f"standard deviation over the finished seeds; Δ is the difference of means from the first row, "
         f"`{sweep.rows[0].name}`. "
@@ -505,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep = load_sweep(args.sweep)
         seeds = list(sweep.seeds) if args.seeds is None else parse_seeds(args.seeds)
         rows = select_rows(sweep.rows, args.only)
+        read_record(sweep.record_file())
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -529,10 +624,21 @@ def main(argv: list[str] | None = None) -> int:
         drop_stale_evaluations(sweep, table_seeds)
 
     def write() -> None:
+        update_record(sweep)
         write_block(output, sweep.name, sweep_table(sweep, table_seeds, args.sweep), sweep.section)
 
+    def finished(row: Row, seed: int) -> bool:
+        return (row.name, seed) in finished_results(sweep, [seed])
+
     code = run(
-        rows, seeds, sweep.run_root(), train, write, args.table_only, command if args.dry_run else None
+        rows,
+        seeds,
+        sweep.run_root(),
+        train,
+        write,
+        args.table_only,
+        command if args.dry_run else None,
+        finished,
     )
     if code == 0 and not args.dry_run:
         print(f"wrote the table to {output}")

@@ -115,10 +115,12 @@ def test_a_rerun_trains_nothing_and_a_run_without_results_resumes(tiny):
     assert {key: _launches(w) for key, w in runs.items()} == dict.fromkeys(runs, 1)
     assert {key: os.stat(os.path.join(w, "results.json")).st_mtime_ns for key, w in runs.items()} == stamps
 
-    # A workdir with its checkpoints but no results.json: the child resumes, trains no step again.
+    # A workdir with its checkpoints, no results.json and no record entry (an interrupted
+    # run): the child resumes, trains no step again.
     workdir = runs["lr_high", 1]
     before = sweep.load_result(workdir)
-    os.remove(os.path.join(workdir, "results.json"))
+    sweep.forget(sweep.load_sweep(path), sweep.Row("lr_high"), 1)
+    assert not os.path.exists(os.path.join(workdir, "results.json"))
     assert sweep.main([f"--sweep={path}"]) == 0
     assert {key: _launches(w) for key, w in runs.items()} == {**dict.fromkeys(runs, 1), ("lr_high", 1): 2}
     assert sweep.was_resumed(workdir)
@@ -303,3 +305,94 @@ def test_an_evaluating_row_needs_its_runs_and_evaluation_fields_only(tmp_path, c
     (tmp_path / "eval.py").write_text(text.replace('evaluates="base"', 'evaluates="nope"'))
     assert sweep.main([f"--sweep={bad}"]) == 1
     assert "evaluates='nope' is not an earlier row that trains" in capsys.readouterr().err
+
+
+def _refuse_training(command, workdir, label):
+    raise AssertionError(f"trained {label}, which the record holds")
+
+
+def test_a_clone_without_the_runs_rewrites_the_same_table_from_the_record(tiny, tmp_path, monkeypatch):
+    directory, _ = tiny
+    record = json.loads((directory / "sweeps" / "tiny.json").read_text())
+    for (row, seed), workdir in _runs(directory).items():
+        result = sweep.load_result(workdir)
+        entry = record["runs"][f"{row}/seed{seed}"]
+        assert entry["test"]["accuracy"] == result["test"]["accuracy"]
+        assert (entry["train_seconds"], entry["machine"]) == (result["train_seconds"], result["machine"])
+    # Another checkout: the sweep file, the markdown and the record, no run directories.
+    path = _write_sweep(tmp_path)
+    (tmp_path / "RESULTS.md").write_text(BEFORE.rstrip("\n") + AFTER)
+    shutil.copytree(directory / "sweeps", tmp_path / "sweeps")
+    monkeypatch.setattr(sweep, "launch", _refuse_training)
+    assert sweep.main([f"--sweep={path}"]) == 0
+    assert not (tmp_path / "runs").exists()
+
+    def rows(markdown):
+        return [
+            ln for ln in markdown.read_text().splitlines() if ln.startswith("| `") or " runs finished" in ln
+        ]
+
+    assert rows(tmp_path / "RESULTS.md") == rows(directory / "RESULTS.md")
+    assert "| `base` | the tiny run (" in (tmp_path / "RESULTS.md").read_text()
+    assert json.loads((tmp_path / "sweeps" / "tiny.json").read_text()) == record
+
+
+def test_a_run_here_comes_before_its_record_entry(tmp_path):
+    plan = sweep.Sweep(
+        "s",
+        "configs/mlp_4x2.py",
+        (sweep.Row("a"),),
+        root=str(tmp_path / "runs"),
+        output=str(tmp_path / "RESULTS.md"),
+    )
+    entry = {"test": {"accuracy": 0.5}, "train_seconds": 3.0, "machine": "machine B"}
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "sweeps" / "s.json").write_text(
+        json.dumps({"sweep": "s", "runs": {"a/seed0": entry, "a/seed1": entry}})
+    )
+    _fake_result(str(tmp_path / "runs"), "a", 1, 0.7)
+    assert (
+        "| 0.6000 ± 0.1414 | baseline | 2/3 (unfinished) | 7.5 | different machines: machine B (seed 0); machine A (seed 1) |"
+        in sweep.sweep_table(plan, [0, 1, 2], "s.py")
+    )
+    sweep.update_record(plan)
+    record = json.loads((tmp_path / "sweeps" / "s.json").read_text())
+    assert record == {
+        "sweep": "s",
+        "runs": {
+            "a/seed0": entry,
+            "a/seed1": {"test": {"accuracy": 0.7}, "train_seconds": 12.0, "machine": "machine A"},
+        },
+    }
+
+
+def test_a_recorded_evaluation_of_a_run_that_changed_is_forgotten(tmp_path):
+    rows = (sweep.Row("a"), sweep.Row("a_flip", {"tta": "flip"}, evaluates="a"))
+    plan = sweep.Sweep(
+        "s", "configs/mlp_4x2.py", rows, root=str(tmp_path / "runs"), record=str(tmp_path / "r.json")
+    )
+    run = {"test": {"accuracy": 0.7}, "train_seconds": 5.0, "finished": "today"}
+    evaluation = {"test": {"accuracy": 0.8}, "evaluated_run": {"finished": "today", "train_seconds": 5.0}}
+    runs = {
+        "a/seed0": run,
+        "a/seed1": {**run, "finished": "later"},
+        "a_flip/seed0": evaluation,
+        "a_flip/seed1": evaluation,
+    }
+    (tmp_path / "r.json").write_text(json.dumps({"sweep": "s", "runs": runs}))
+    sweep.drop_stale_evaluations(plan, [0, 1])
+    del runs["a_flip/seed1"]  # Seed 1 of `a` is not the run it evaluated.
+    assert json.loads((tmp_path / "r.json").read_text())["runs"] == runs
+
+
+def test_a_malformed_record_is_a_one_line_error(tmp_path, capsys):
+    path = _write_sweep(tmp_path)
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "sweeps" / "tiny.json").write_text("[]")
+    assert sweep.main([f"--sweep={path}"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err.startswith(f"error: {tmp_path / 'sweeps' / 'tiny.json'}: not a sweep record (")
+        and err.count("\n") == 1
+    )
+    assert not (tmp_path / "runs").exists() and (tmp_path / "sweeps" / "tiny.json").read_text() == "[]"
