@@ -89,14 +89,16 @@ def amd_generation(family: int, model: int | None, flags: set[str]) -> str | Non
     if family == 25:  # Zen 3 and Zen 4 share the family; only Zen 4 has AVX-512.
         return "Zen 4" if "avx512f" in flags else "Zen 3"
     if family == 23:  # Zen and Zen+ (two 128-bit FMA units) are models below 0x30, Zen 2 above.
-        return (
-            "Zen 2"
-            if model is not None and model >= 0x30
-            else "Zen/Zen+"
-            if model is not None
-            else "Zen/Zen 2"
-        )
+        if model is None:
+            return "Zen/Zen 2"
+        return "Zen 2" if model >= 0x30 else "Zen/Zen+"
     return None
+
+
+def _number(info: dict[str, str], field: str) -> int | None:
+    """An integer field of /proc/cpuinfo ('cpu family', 'model'); None where absent."""
+    value = info.get(field, "")
+    return int(value) if value.isdigit() else None
 
 
 def cpu_description() -> str:
@@ -109,8 +111,7 @@ def cpu_description() -> str:
     flags = set(info.get("flags", "").split())
     details = [f"family {info['cpu family']} model {info.get('model', '?')}"]
     if info.get("vendor_id") == "AuthenticAMD":
-        model = info.get("model", "")
-        generation = amd_generation(int(info["cpu family"]), int(model) if model.isdigit() else None, flags)
+        generation = amd_generation(int(info["cpu family"]), _number(info, "model"), flags)
         details += [generation] if generation else []
     details.append("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2")
     return f"{name} ({', '.join(details)})"
@@ -121,8 +122,7 @@ def cpu_features() -> dict[str, Any]:
     the vector flags that decide which kernels run fast: avx2, avx512f, avx512_bf16."""
     info = _cpuinfo()
     flags = set(info.get("flags", "").split())
-    family = int(info["cpu family"]) if info.get("cpu family", "").isdigit() else None
-    model = int(info["model"]) if info.get("model", "").isdigit() else None
+    family, model = _number(info, "cpu family"), _number(info, "model")
     amd = info.get("vendor_id") == "AuthenticAMD"
     return {
         "model_name": info.get("model name") or platform.processor() or platform.machine(),

@@ -368,7 +368,7 @@ def update_record(sweep: Sweep) -> None:
             if result is not None:
                 updated[record_key(row.name, int(name[4:]))] = record_entry(result)
     if updated != record or not os.path.isfile(path):
-        pages.write_json(path, {"sweep": sweep.name, "runs": dict(sorted(updated.items()))})
+        _write_record(sweep, updated)
 
 
 def forget(sweep: Sweep, row: Row, seed: int) -> None:
@@ -379,7 +379,11 @@ def forget(sweep: Sweep, row: Row, seed: int) -> None:
     path = sweep.record_file()
     record = read_record(path)
     if record.pop(record_key(row.name, seed), None) is not None:
-        pages.write_json(path, {"sweep": sweep.name, "runs": record})
+        _write_record(sweep, record)
+
+
+def _write_record(sweep: Sweep, runs: dict[str, dict]) -> None:
+    pages.write_json(sweep.record_file(), {"sweep": sweep.name, "runs": dict(sorted(runs.items()))})
 
 
 # --- Command-line choices shared with reproduce. ---
@@ -627,9 +631,7 @@ def main(argv: list[str] | None = None) -> int:
         update_record(sweep)
         write_block(output, sweep.name, sweep_table(sweep, table_seeds, args.sweep), sweep.section)
 
-    def finished(row: Row, seed: int) -> bool:
-        return (row.name, seed) in finished_results(sweep, [seed])
-
+    done = finished_results(sweep, seeds)
     code = run(
         rows,
         seeds,
@@ -638,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
         write,
         args.table_only,
         command if args.dry_run else None,
-        finished,
+        lambda row, seed: (row.name, seed) in done,
     )
     if code == 0 and not args.dry_run:
         print(f"wrote the table to {output}")
