@@ -8,16 +8,18 @@ with `launch.py` in its own process into `runs/reproduce/<row>/seed<k>/` and its
 log goes to `train.log` there. A run whose `results.json` exists is finished and
 is never retrained; an interrupted run resumes from its newest checkpoint. So the
 command can be stopped at any time (Ctrl-C, SIGTERM, a lost session) and simply
-started again; the table is rewritten after every finished run, from the runs'
-own results.json files, at the top of docs/RESULTS.md (between the lines
-`<!-- sweep:reproduce begin -->` and `<!-- sweep:reproduce end -->`; the sections
-after it, such as the sweeps' "Beyond the seeds", are kept).
+started again. After every finished run its numbers go into the record of finished
+runs, docs/sweeps/reproduce.json (committed with the page, so that a clone elsewhere
+rewrites the same table and trains only what is missing; a run in the record counts as
+finished), and the table is rewritten from the runs' own results.json files and the
+record at the top of docs/RESULTS.md (between the lines `<!-- sweep:reproduce begin -->`
+and `<!-- sweep:reproduce end -->`; the sections after it, such as the sweeps' "Beyond
+the seeds", are kept).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 
 from fmnist_jax import sweep
 from fmnist_jax.results import SEED_REPORTED
-from fmnist_jax.sweep import load_result, mean_std, run_dir, was_resumed
+from fmnist_jax.sweep import mean_std
 
 
 @dataclass(frozen=True)
@@ -77,13 +79,31 @@ def train_one(row: Row, seed: int, workdir: str) -> None:
     sweep.launch(command(row, seed, workdir), workdir, f"{row.name} seed {seed}")
 
 
-def results_table(root: str, seeds: list[int], rows: tuple[Row, ...] = ROWS) -> str:
-    """docs/RESULTS.md: one row per Row, from the results.json files under `root`."""
+@dataclass(frozen=True)
+class Reproduction:
+    """The rows, where their runs go and the record of the finished ones (sweep.Recorded)."""
+
+    rows: tuple[Row, ...]
+    root: str
+    record: str
+    name: str = "reproduce"
+
+    def run_root(self) -> str:
+        return self.root
+
+    def record_file(self) -> str:
+        return self.record
+
+
+def results_table(repro: Reproduction, seeds: list[int]) -> str:
+    """docs/RESULTS.md: one row per Row, from its finished runs (sweep.finished_results)."""
+    found = sweep.finished_results(repro, seeds)
     lines = [
         "# Results: every seed experiment, retrained",
         "",
         f"Written by `make reproduce` (`python -m fmnist_jax.reproduce`) from the `results.json` "
-        f"of each run under `{os.path.relpath(root, ROOT)}/`; rerun it to regenerate this page. "
+        f"of each run under `{sweep.shown_path(repro.root)}/` and, for runs not there, from the record of "
+        f"finished runs `{sweep.shown_path(repro.record)}`; rerun it to continue or regenerate this page. "
         f"Test accuracy is the mean ± sample standard deviation over seeds {', '.join(map(str, seeds))} "
         "(the seed sets initialization, dropout and data order; the train/validation split is "
         "the same for all). Epochs and batch size are at most the seed write-up's, where it gives them. Times are per "
@@ -93,55 +113,56 @@ def results_table(root: str, seeds: list[int], rows: tuple[Row, ...] = ROWS) -> 
         "epochs | batch | schedule, lr | train s/run | wall s/run |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    done_rows = []
+    results: list[dict] = []
     notes: list[str] = []
-    for row in rows:
-        done = {s: r for s in seeds if (r := load_result(run_dir(root, row, s))) is not None}
+    for row in repro.rows:
+        done = {s: found[row.name, s] for s in seeds if (row.name, s) in found}
         if not done:
             lines.append(f"| `{row.name}` | | {row.seed_reported} | not run yet | 0/{len(seeds)} |||||||")
             continue
-        line, row_notes = _table_row(root, row, seeds, done)
+        line, row_notes = _table_row(row, len(seeds), done)
         lines.append(line)
         notes += row_notes
-        done_rows.append((row, done))
-    results = [r for _, done in done_rows for r in done.values()]
-    machines = {r["machine"] for r in results}
+        results += done.values()
+    return "\n".join([*lines, *([""] + notes if notes else []), "", *_summary(results)])
+
+
+def _summary(results: list[dict]) -> list[str]:
+    """The machines, the total wall time and when the runs shown finished."""
+    machines = {r.get("machine", "unknown") for r in results}
     finished = sorted(d for r in results if (d := r.get("finished", "")))
     total_wall = sum(r["wall_seconds"] for r in results)
-    any_resumed = any(was_resumed(run_dir(root, row, s)) for row, done in done_rows for s in done)
-    lines += ["", *notes]
-    lines += [
-        "",
+    any_resumed = any(r.get("resumed") for r in results)
+    lines = [
         f"Machine: {'; '.join(sorted(machines)) or 'none yet'}. "
-        f"Total wall time of the runs shown: {'at least ' if any_resumed else ''}{total_wall / 60:.0f} min.",
+        f"Total wall time of the runs shown: {'at least ' if any_resumed else ''}{total_wall / 60:.0f} min."
     ]
     if finished:
         lines.append(f"Runs finished between {finished[0]} and {finished[-1]}.")
-    lines += [
+    return [
+        *lines,
         "",
         "Each run's full record (per-epoch metrics, validation and test confusion matrices, "
         "config) is in its `results.json` and `metrics.jsonl`.",
         "",
     ]
-    return "\n".join(lines)
 
 
-def _table_row(root: str, row: Row, seeds: list[int], done: dict[int, dict]) -> tuple[str, list[str]]:
+def _table_row(row: Row, num_seeds: int, done: dict[int, dict]) -> tuple[str, list[str]]:
     """One row's table line (mean ± std over its finished seeds) and its notes."""
     results = list(done.values())
     accs = [r["test"]["accuracy"] for r in results]
     mean, std = mean_std(accs)
-    with open(os.path.join(run_dir(root, row, next(iter(done))), "config.json")) as f:
-        cfg = json.load(f)
+    first = results[0]
     beats = "n/a" if row.threshold is None else ("yes" if mean > row.threshold else "**no**")
     train_s = statistics.fmean(r["train_seconds"] for r in results)
     wall_s = statistics.fmean(r["wall_seconds"] for r in results)
-    resumed = [s for s in done if was_resumed(run_dir(root, row, s))]
+    resumed = [s for s, r in done.items() if r.get("resumed")]
     line = (
-        f"| `{row.name}` | {results[0]['num_params']:,} | {row.seed_reported} | "
-        f"{mean:.4f} ± {std:.4f} | {len(results)}/{len(seeds)} | {min(accs):.4f} / {max(accs):.4f} | "
-        f"{beats} | {results[0]['num_epochs']} | {results[0]['batch_size']} | "
-        f"{cfg['schedule']}, {cfg['learning_rate']:g} | {train_s:.0f} | {wall_s:.0f}{'*' if resumed else ''} |"
+        f"| `{row.name}` | {first['num_params']:,} | {row.seed_reported} | "
+        f"{mean:.4f} ± {std:.4f} | {len(results)}/{num_seeds} | {min(accs):.4f} / {max(accs):.4f} | "
+        f"{beats} | {first['num_epochs']} | {first['batch_size']} | "
+        f"{first['schedule']}, {first['learning_rate']:g} | {train_s:.0f} | {wall_s:.0f}{'*' if resumed else ''} |"
     )
     notes = [f"- `{row.name}`: {row.note}."] if row.note else []
     if resumed:
@@ -152,9 +173,10 @@ def _table_row(root: str, row: Row, seeds: list[int], done: dict[int, dict]) -> 
     return line, notes
 
 
-def write_table(root: str, seeds: list[int], output: str) -> None:
-    """The table at the top of `output`, the rest of the file kept."""
-    sweep.write_block(output, "reproduce", results_table(root, seeds), section=None)
+def write_table(repro: Reproduction, seeds: list[int], output: str) -> None:
+    """Records the finished runs; the table at the top of `output`, the rest of the file kept."""
+    sweep.update_record(repro)
+    sweep.write_block(output, "reproduce", results_table(repro, seeds), section=None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,10 +189,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=os.path.join(ROOT, "docs", "RESULTS.md"))
     parser.add_argument("--table_only", action="store_true", help="rewrite the table, train nothing")
     parser.add_argument("--dry_run", action="store_true", help="print the training commands, run nothing")
+    parser.add_argument(
+        "--record", help="the record of finished runs (default: <output's folder>/sweeps/reproduce.json)"
+    )
     args = parser.parse_args(argv)
+    record = args.record or os.path.join(
+        os.path.dirname(os.path.abspath(args.output)), "sweeps", "reproduce.json"
+    )
+    repro = Reproduction(ROWS, args.root, record)
     try:
         seeds = sweep.parse_seeds(args.seeds)
         rows = sweep.select_rows(ROWS, args.only)
+        done = sweep.finished_results(repro, seeds)
     except sweep.SweepError as e:
         parser.error(str(e))
     code = sweep.run(
@@ -178,9 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         seeds,
         args.root,
         train_one,
-        lambda: write_table(args.root, seeds, args.output),
+        lambda: write_table(repro, seeds, args.output),
         args.table_only,
         command if args.dry_run else None,
+        lambda row, seed: (row.name, seed) in done,
     )
     if code == 0 and not args.dry_run:
         print(f"wrote {args.output}")

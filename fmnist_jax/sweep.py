@@ -308,16 +308,38 @@ def _train_all(todo: list[tuple[Any, int]], root: str, train: Train, write: Call
 # rewrites the same table and trains only what is missing. A run's own results.json, where
 # it is here, comes first.
 
-RECORD_FIELDS = ("step", "tta", "train_seconds", "machine", "finished", "evaluated_run")
+RECORD_FIELDS = (
+    *("step", "tta", "num_params", "num_epochs", "batch_size"),
+    *("train_seconds", "wall_seconds", "machine", "finished", "evaluated_run"),
+)
+CONFIG_FIELDS = ("schedule", "learning_rate")  # Read from the run's config.json.
 
 
-def record_entry(result: dict) -> dict:
-    """What the record keeps of a run's results.json: its final test (and validation)
-    accuracy, and what the table and the evaluating rows read."""
+class Recorded(Protocol):
+    """What keeps a record of its finished runs: a sweep, or `make reproduce`'s rows."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def rows(self) -> Sequence[Named]: ...
+    def run_root(self) -> str: ...
+    def record_file(self) -> str: ...
+
+
+def record_entry(result: dict, workdir: str) -> dict:
+    """What the record keeps of the run in `workdir` (its results.json is `result`): its
+    final test (and validation) accuracy, what the tables and the evaluating rows read, the
+    schedule and learning rate of its config.json and whether it was resumed."""
     entry = {
         split: {"accuracy": result[split]["accuracy"]} for split in ("test", "validation") if split in result
     }
-    return {**entry, **{k: result[k] for k in RECORD_FIELDS if k in result}}
+    config = json.loads(pages.read(os.path.join(workdir, "config.json")) or "{}")
+    return {
+        **entry,
+        **{k: result[k] for k in RECORD_FIELDS if k in result},
+        **{k: config[k] for k in CONFIG_FIELDS if k in config},
+        "resumed": was_resumed(workdir),
+    }
 
 
 def record_key(row: str, seed: int) -> str:
@@ -339,22 +361,22 @@ def read_record(path: str) -> dict[str, dict]:
     return runs
 
 
-def finished_results(sweep: Sweep, seeds: Sequence[int]) -> dict[tuple[str, int], dict]:
-    """Every finished (row name, seed) of the sweep's rows and `seeds`: the run's
-    results.json where it is here, else its entry in the record."""
+def finished_results(sweep: Recorded, seeds: Sequence[int]) -> dict[tuple[str, int], dict]:
+    """Every finished (row name, seed) of the sweep's rows and `seeds`, as a record entry:
+    of the run's results.json where it is here, else the record's."""
     record = read_record(sweep.record_file())
     found = {}
     for row in sweep.rows:
         for seed in seeds:
-            result = load_result(run_dir(sweep.run_root(), row, seed)) or record.get(
-                record_key(row.name, seed)
-            )
-            if result is not None:
-                found[row.name, seed] = result
+            workdir = run_dir(sweep.run_root(), row, seed)
+            result = load_result(workdir)
+            entry = record_entry(result, workdir) if result else record.get(record_key(row.name, seed))
+            if entry is not None:
+                found[row.name, seed] = entry
     return found
 
 
-def update_record(sweep: Sweep) -> None:
+def update_record(sweep: Recorded) -> None:
     """Adds (or replaces) the record's entry of every run under the sweep's root that has
     a results.json; writes the record if that changes it or if there is none yet."""
     path = sweep.record_file()
@@ -364,14 +386,14 @@ def update_record(sweep: Sweep) -> None:
         directory = os.path.join(sweep.run_root(), row.name)
         seeds = os.listdir(directory) if os.path.isdir(directory) else []
         for name in (n for n in seeds if re.fullmatch(r"seed\d+", n)):
-            result = load_result(os.path.join(directory, name))
-            if result is not None:
-                updated[record_key(row.name, int(name[4:]))] = record_entry(result)
+            workdir = os.path.join(directory, name)
+            if (result := load_result(workdir)) is not None:
+                updated[record_key(row.name, int(name[4:]))] = record_entry(result, workdir)
     if updated != record or not os.path.isfile(path):
         _write_record(sweep, updated)
 
 
-def forget(sweep: Sweep, row: Row, seed: int) -> None:
+def forget(sweep: Recorded, row: Named, seed: int) -> None:
     """Removes (row, seed)'s results.json and its record entry, so that it runs again."""
     result = os.path.join(run_dir(sweep.run_root(), row, seed), "results.json")
     if os.path.isfile(result):
@@ -382,7 +404,7 @@ def forget(sweep: Sweep, row: Row, seed: int) -> None:
         _write_record(sweep, record)
 
 
-def _write_record(sweep: Sweep, runs: dict[str, dict]) -> None:
+def _write_record(sweep: Recorded, runs: dict[str, dict]) -> None:
     pages.write_json(sweep.record_file(), {"sweep": sweep.name, "runs": dict(sorted(runs.items()))})
 
 

@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from fmnist_jax import reproduce
+from fmnist_jax import reproduce, sweep
 
 
 def _finish(root, row, seed, accuracy):
-    workdir = reproduce.run_dir(root, row, seed)
+    workdir = sweep.run_dir(root, row, seed)
     os.makedirs(workdir)
     result = {
         "test": {"accuracy": accuracy},
@@ -54,12 +54,52 @@ def test_resumed_runs_are_flagged_in_the_table(tmp_path):
     (tmp_path / "mlp_4x2" / "seed1" / "train.log").write_text(
         "mlp_4x2: ...\nresumed from the checkpoint at step 3374 in x/checkpoints\n"
     )
-    assert [reproduce.was_resumed(reproduce.run_dir(str(tmp_path), row, s)) for s in (0, 1)] == [False, True]
-    table = reproduce.results_table(str(tmp_path), [0, 1])
+    assert [sweep.was_resumed(sweep.run_dir(str(tmp_path), row, s)) for s in (0, 1)] == [False, True]
+    repro = reproduce.Reproduction(reproduce.ROWS, str(tmp_path), str(tmp_path / "record.json"))
+    table = reproduce.results_table(repro, [0, 1])
     line = next(ln for ln in table.splitlines() if ln.startswith("| `mlp_4x2` "))
     assert line.endswith("| 10 | 20* |")
     assert "- `mlp_4x2`*: seed 1 was interrupted and resumed" in table
     assert "Total wall time of the runs shown: at least 1 min." in table
+
+
+def test_a_clone_without_the_runs_rewrites_the_same_table_from_the_record(tmp_path, monkeypatch):
+    """The record (default <output's folder>/sweeps/reproduce.json) keeps what the table
+    needs of every finished run: with the run directories gone, the same command trains
+    nothing and writes the same page."""
+    row = next(r for r in reproduce.ROWS if r.name == "mlp_4x2")
+    for seed, acc in [(0, 0.80), (1, 0.83)]:
+        _finish(str(tmp_path / "runs"), row, seed, acc)
+    (tmp_path / "runs" / "mlp_4x2" / "seed1" / "train.log").write_text(
+        "resumed from the checkpoint at step 9\n"
+    )
+    trained = []
+    monkeypatch.setattr(reproduce, "train_one", lambda *a: trained.append(a))
+    out = tmp_path / "docs" / "RESULTS.md"
+    args = ["--only=mlp_4x2", "--seeds=0,1", f"--output={out}"]
+    assert reproduce.main([*args, f"--root={tmp_path / 'runs'}"]) == 0
+    here = out.read_text()
+    record = json.loads((tmp_path / "docs" / "sweeps" / "reproduce.json").read_text())["runs"]
+    assert sorted(record) == ["mlp_4x2/seed0", "mlp_4x2/seed1"]
+    assert record["mlp_4x2/seed1"]["resumed"] and not record["mlp_4x2/seed0"]["resumed"]
+    assert record["mlp_4x2/seed0"]["schedule"] == "constant"
+
+    out.unlink()
+    assert reproduce.main([*args, f"--root={tmp_path / 'gone'}"]) == 0
+    assert trained == []
+    clone = out.read_text()
+    assert clone == here.replace(f"{tmp_path / 'runs'}/", f"{tmp_path / 'gone'}/")
+    assert "0.8150 ± 0.0212" in clone and "| 10 | 20* |" in clone
+
+
+def test_a_malformed_record_is_a_one_line_error_and_nothing_is_written(tmp_path, capsys):
+    out = tmp_path / "RESULTS.md"
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "sweeps" / "reproduce.json").write_text("[1, 2]")
+    with pytest.raises(SystemExit):
+        reproduce.main(["--only=mlp_4x2", f"--root={tmp_path}", f"--output={out}", "--table_only"])
+    assert "not a sweep record" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_missing_runs_are_trained_in_seed_major_order(tmp_path, monkeypatch):
@@ -128,10 +168,11 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(reproduce, "ROWS", (TINY,))
     assert reproduce.main([*args, f"--root={tmp_path / 'runs'}"]) == 0
-    assert reproduce.main([*args, f"--root={tmp_path / 'fresh'}"]) == 0
-    resumed = reproduce.load_result(str(log.parent))
-    fresh = reproduce.load_result(str(tmp_path / "fresh" / "tiny" / "seed0"))
+    # Its own record: the first one holds the resumed run, which would count as finished.
+    assert reproduce.main([*args, f"--root={tmp_path / 'fresh'}", f"--record={tmp_path / 'fresh.json'}"]) == 0
+    resumed = sweep.load_result(str(log.parent))
+    fresh = sweep.load_result(str(tmp_path / "fresh" / "tiny" / "seed0"))
     assert "resumed from the checkpoint at step" in log.read_text()
     assert resumed["step"] == fresh["step"] == 2 * 18
     assert resumed["test"] == fresh["test"]
-    assert reproduce.was_resumed(str(log.parent))
+    assert sweep.was_resumed(str(log.parent))

@@ -361,7 +361,12 @@ def test_a_run_here_comes_before_its_record_entry(tmp_path):
         "sweep": "s",
         "runs": {
             "a/seed0": entry,
-            "a/seed1": {"test": {"accuracy": 0.7}, "train_seconds": 12.0, "machine": "machine A"},
+            "a/seed1": {
+                "test": {"accuracy": 0.7},
+                "train_seconds": 12.0,
+                "machine": "machine A",
+                "resumed": False,
+            },
         },
     }
 
