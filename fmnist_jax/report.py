@@ -167,9 +167,11 @@ def write_report(
 
 
 def _figures_to_tensorboard(out: str, step: int, writer: Any) -> None:
-    plt = _pyplot()
-    figures = {name[:-4]: plt.imread(os.path.join(out, name))[None, ..., :3] for name in FIGURES}
-    writer.write_images(step, {k: (v * 255).astype(np.uint8) for k, v in figures.items()})
+    pngs = {}
+    for name in FIGURES:
+        with open(os.path.join(out, name), "rb") as f:
+            pngs[name[:-4]] = f.read()
+    writer.write_pngs(step, pngs)
     writer.flush()
 
 

@@ -124,7 +124,7 @@ def results_table(repro: Reproduction, seeds: list[int]) -> str:
         lines.append(line)
         notes += row_notes
         results += done.values()
-    return "\n".join([*lines, *([""] + notes if notes else []), "", *_summary(results)])
+    return "\n".join([*lines, *(["", *notes] if notes else []), "", *_summary(results)])
 
 
 def _summary(results: list[dict]) -> list[str]:

@@ -3,6 +3,8 @@
 import functools
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -344,13 +346,13 @@ def test_short_real_mlp_256_run(tmp_path):
         records = [json.loads(line) for line in f]
     assert [r["epoch"] for r in records] == [1, 2]
     assert {"train_loss", "validation_accuracy", "images_per_second"} <= set(records[0])
-    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tensorboard"))
     expected_sizes = {  # (height, width) in pixels
         "samples.png": (860, 800),
         "predictions.png": (860, 800),
         "learning_curves.png": (400, 1000),
         "confusion_matrix.png": (700, 1600),
     }
+    _assert_tensorboard_reads(tmp_path / "tensorboard", records, results["step"], expected_sizes)
     for name, size in expected_sizes.items():
         image = matplotlib.image.imread(tmp_path / "report" / name)
         assert image.shape[:2] == size, name
@@ -392,10 +394,48 @@ def test_stop_at_test_accuracy_ends_the_run_at_the_first_epoch_that_reaches_it(t
         train.train_and_evaluate(config, str(tmp_path / "other"))
 
 
-def test_metrics_log_without_tensorboard_still_writes_jsonl(tmp_path, monkeypatch, capsys):
-    import sys
+def _assert_tensorboard_reads(logdir, records, last_step, image_sizes):
+    """TensorBoard's own reader finds each epoch's scalars and the report's figures."""
+    from tensorboard.backend.event_processing import event_accumulator
 
-    monkeypatch.setitem(sys.modules, "clu", None)  # `from clu import ...` now raises ImportError.
+    events = event_accumulator.EventAccumulator(str(logdir), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    accuracy = events.Scalars("validation_accuracy")
+    assert [e.value for e in accuracy] == pytest.approx([r["validation_accuracy"] for r in records])
+    assert accuracy[-1].step == last_step and accuracy[0].step == last_step // 2
+    assert set(events.Tags()["images"]) == {name[:-4] for name in image_sizes}
+    for name, size in image_sizes.items():
+        (image,) = events.Images(name[:-4])
+        assert (image.height, image.width) == size and image.step == last_step
+        assert image.encoded_image_string == (logdir.parent / "report" / name).read_bytes()
+
+
+def test_a_training_run_never_imports_tensorflow(tmp_path):
+    """Importing TensorFlow costs seconds of every launch and a run needs nothing from it
+    (the data are tfds's files read without it; TensorBoard's event files are written
+    without it): a whole run, report included, leaves it unimported."""
+    code = (
+        "import sys; from conftest import load_config; from fmnist_jax import train; "
+        "c = load_config('mlp_4x2'); c.num_epochs = 1; c.validation_fraction = 0.99; "
+        f"train.train_and_evaluate(c, {str(tmp_path)!r}); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'clu')))"
+    )
+    tests = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=os.path.dirname(tests),
+        env={**os.environ, "PYTHONPATH": tests},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.splitlines()[-1] == "[]"
+    assert (tmp_path / "report" / "report.html").exists() and os.listdir(tmp_path / "tensorboard")
+
+
+def test_metrics_log_without_tensorboard_still_writes_jsonl(tmp_path, monkeypatch, capsys):
+    # `from tensorboard.compat.proto import ...` now raises ImportError.
+    monkeypatch.setitem(sys.modules, "tensorboard.compat.proto", None)
     log = monitor.MetricsLog(str(tmp_path), records=[{"epoch": 1, "loss": 0.5}])
     log.write(2, {"epoch": 2, "loss": 0.25})
     log.close()
