@@ -300,7 +300,8 @@ def test_cnn_kernel_grad_chunks_per_block():
     )
     variables = models.init_variables(plain, jax.random.PRNGKey(0))
     loss = _training_loss(variables, x)
-    ours, reference = (jax.value_and_grad(loss)(variables["params"], m) for m in (sliced, plain))
+    value_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+    ours, reference = (value_and_grad(variables["params"], m) for m in (sliced, plain))
     np.testing.assert_array_equal(ours[0], reference[0])
     for a, b in zip(jax.tree_util.tree_leaves(ours[1]), jax.tree_util.tree_leaves(reference[1]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
@@ -424,7 +425,7 @@ def _grads(f, x, shift, scale, bias, cotangent, mean_weights):
         out, mean, _ = f(*args)
         return jnp.sum(out * cotangent) + jnp.sum(mean * mean_weights)
 
-    return jax.grad(loss, (0, 1, 2, 3))(x, shift, scale, bias)
+    return jax.jit(jax.grad(loss, (0, 1, 2, 3)))(x, shift, scale, bias)
 
 
 @pytest.mark.parametrize("size", [8, 7])
@@ -435,7 +436,9 @@ def test_fused_bn_relu_pool_equals_flax_batch_norm_relu_and_pool(size):
     x, scale, bias, cotangent = _block_inputs(size)
     shift = jnp.zeros_like(scale)
     for ours, reference in zip(
-        _fused(x, shift, scale, bias), _flax_bn_relu_pool(x, shift, scale, bias), strict=True
+        jax.jit(_fused)(x, shift, scale, bias),
+        jax.jit(_flax_bn_relu_pool)(x, shift, scale, bias),
+        strict=True,
     ):
         np.testing.assert_array_equal(ours, reference)
     ours = _grads(_fused, x, shift, scale, bias, cotangent, 0.0)
@@ -475,7 +478,7 @@ def test_fused_bn_relu_pool_averages_statistics_over_the_named_axis():
         def loss(xi, gi):
             return jnp.sum(f(xi, shift, scale, bias, axis_name)[0] * gi)
 
-        return jax.vmap(jax.value_and_grad(loss), axis_name="i")(shards, g)
+        return jax.jit(jax.vmap(jax.value_and_grad(loss), axis_name="i"))(shards, g)
 
     (value, grad), (expected_value, expected_grad) = (
         per_shard(_fused, "i"),
@@ -519,7 +522,7 @@ def test_cnn_fused_and_flax_blocks_train_alike():
     for index, name in enumerate(n for n in params if n.startswith("Conv_")):
         params[name]["bias"] = jnp.linspace(-1.0, 1.0, params[name]["bias"].shape[0]) * (index + 1)
     variables = {**variables, "params": params}
-    np.testing.assert_array_equal(fused.apply(variables, x), flax_bn.apply(variables, x))
+    np.testing.assert_array_equal(jax.jit(fused.apply)(variables, x), jax.jit(flax_bn.apply)(variables, x))
 
     def loss(params, model):
         logits, updates = model.apply(
@@ -530,8 +533,9 @@ def test_cnn_fused_and_flax_blocks_train_alike():
         )
         return jnp.sum(jnp.sin(logits)), (logits, updates)
 
-    (_, ours), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"], fused)
-    (_, reference), reference_grads = jax.value_and_grad(loss, has_aux=True)(variables["params"], flax_bn)
+    value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+    (_, ours), grads = value_and_grad(variables["params"], fused)
+    (_, reference), reference_grads = value_and_grad(variables["params"], flax_bn)
     for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(reference), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     for a, b in zip(
@@ -554,7 +558,8 @@ def test_cnn_conv_op_lax_gives_the_custom_convolutions_values():
     assert custom.fused_block() and lax_conv.fused_block()
     variables = models.init_variables(custom, jax.random.PRNGKey(0))
     loss = _training_loss(variables, x)
-    ours, reference = (jax.value_and_grad(loss)(variables["params"], m) for m in (custom, lax_conv))
+    value_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+    ours, reference = (value_and_grad(variables["params"], m) for m in (custom, lax_conv))
     np.testing.assert_allclose(ours[0], reference[0], rtol=1e-5)
     for a, b in zip(jax.tree_util.tree_leaves(ours[1]), jax.tree_util.tree_leaves(reference[1]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
