@@ -26,10 +26,11 @@ SMALL = [
     "--config.model.dense_features=(32,)",
     "--config.num_epochs=2",
     "--config.batch_size=128",
-    "--config.checkpoint_every_steps=100",
+    "--config.checkpoint_every_steps=40",
+    "--config.validation_fraction=0.8",
     "--config.write_report=False",
 ]
-STEPS_PER_EPOCH = 54_000 // 128
+STEPS_PER_EPOCH = 12_000 // 128  # 93: the 20 % of the training split left after validation.
 
 
 def small_config():
@@ -38,7 +39,8 @@ def small_config():
     config.model.dense_features = (32,)
     config.num_epochs = 2
     config.batch_size = 128
-    config.checkpoint_every_steps = 100
+    config.checkpoint_every_steps = 40
+    config.validation_fraction = 0.8
     config.write_report = False
     config.update(AUGMENTED)
     return config
@@ -94,7 +96,7 @@ def test_kill_9_mid_epoch_then_resume_is_bitwise_identical(uninterrupted, tmp_pa
     deadline = time.time() + 240
     # Kill as soon as a mid-epoch checkpoint is on disk: the run is then mid-epoch 1.
     while time.time() < deadline and proc.poll() is None:
-        if ckpt_dir.is_dir() and any(d.isdigit() and int(d) >= 200 for d in os.listdir(ckpt_dir)):
+        if ckpt_dir.is_dir() and any(d.isdigit() and int(d) >= 40 for d in os.listdir(ckpt_dir)):
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.02)
@@ -410,6 +412,7 @@ def test_eight_device_save_restores_on_one_device(tmp_path):
         "--config=configs/mlp_4x2.py",
         "--config.num_epochs=1",
         "--config.batch_size=512",
+        "--config.validation_fraction=0.8",
         f"--workdir={tmp_path}",
         env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
     )
