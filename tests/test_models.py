@@ -1,3 +1,4 @@
+import functools
 import os
 
 import flax.linen as nn
@@ -213,15 +214,15 @@ def test_bfloat16_compute_keeps_float32_parameters_and_logits():
     variables = models.init_variables(model, jax.random.PRNGKey(0))
     assert {x.dtype for x in jax.tree_util.tree_leaves(variables)} == {jnp.dtype(jnp.float32)}
     x = jax.random.uniform(jax.random.PRNGKey(1), (4, 28, 28, 1))
-    logits, updates = model.apply(
-        variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(2)}
-    )
+    train_apply = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))
+    logits, updates = train_apply(variables, x, rngs={"dropout": jax.random.PRNGKey(2)})
     assert logits.dtype == jnp.float32
     assert {v.dtype for v in jax.tree_util.tree_leaves(updates)} == {jnp.dtype(jnp.float32)}
-    reference = models.create_model(config.model).apply(variables, x, train=False)
-    logits, state = model.apply(
-        variables, x, train=False, capture_intermediates=True, mutable=["intermediates"]
+    reference = jax.jit(functools.partial(models.create_model(config.model).apply, train=False))(variables, x)
+    captured = functools.partial(
+        model.apply, train=False, capture_intermediates=True, mutable=["intermediates"]
     )
+    logits, state = jax.jit(captured)(variables, x)
     layers = state["intermediates"]
     # Convolutions, batch norm and dense layers compute in bfloat16 ...
     for name in ("Conv_0", "BatchNorm_0", "Conv_3", "Dense_0"):
