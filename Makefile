@@ -54,11 +54,16 @@ format: venv
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# Two test processes (pytest-xdist), each test file in one of them: most of the suite is
+# compilation, process start-up and waiting on child processes, which a second process
+# overlaps even on two cores.
+PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
+
 test: lint data
-	$(PY) -m pytest -m "not slow" -q
+	$(PYTEST) -m "not slow"
 
 test-all: lint data
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

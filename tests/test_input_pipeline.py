@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -142,16 +143,22 @@ def test_missing_dataset_says_how_to_get_it(tmp_path):
         input_pipeline.load_splits(data_dir=str(tmp_path), prepare_if_missing=False)
 
 
-def test_numpy_cache_equals_tfds_and_is_rebuilt_when_damaged(splits):
-    cached = input_pipeline._load_tfds_arrays(None)
-    images, labels = input_pipeline._load_tfds_split("test", None)
+def test_numpy_cache_equals_tfds_and_is_rebuilt_when_damaged(splits, tmp_path):
+    # On a copy of the prepared dataset: runs in other test processes read the shared cache.
+    prepared = input_pipeline._builder(None).data_dir  # <data_dir>/fashion_mnist/<version>
+    version = os.path.basename(prepared)
+    shutil.copytree(prepared, tmp_path / "fashion_mnist" / version)
+    data_dir = str(tmp_path)
+    cached = input_pipeline._load_tfds_arrays(data_dir)
+    images, labels = input_pipeline._load_tfds_split("test", data_dir)
     np.testing.assert_array_equal(cached["test_images"], images)
     np.testing.assert_array_equal(cached["test_labels"], labels)
     np.testing.assert_array_equal(cached["test_images"], splits["test"].images)
-    cache = os.path.join(input_pipeline._builder(None).data_dir, "numpy_cache.npz")
+    cache = os.path.join(input_pipeline._builder(data_dir).data_dir, "numpy_cache.npz")
+    assert cache.startswith(data_dir)
     with open(cache, "r+b") as f:
         f.truncate(1000)
-    rebuilt = input_pipeline._load_tfds_arrays(None)
+    rebuilt = input_pipeline._load_tfds_arrays(data_dir)
     for key, value in cached.items():
         np.testing.assert_array_equal(rebuilt[key], value)
     assert os.path.getsize(cache) > 50_000_000
