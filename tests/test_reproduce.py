@@ -92,7 +92,7 @@ def test_a_clone_without_the_runs_rewrites_the_same_table_from_the_record(tmp_pa
     assert "0.8150 ± 0.0212" in clone and "| 10 | 20* |" in clone
 
 
-def test_a_malformed_record_is_a_one_line_error_and_nothing_is_written(tmp_path, capsys):
+def test_a_malformed_record_is_an_error_naming_it_and_nothing_is_written(tmp_path, capsys):
     out = tmp_path / "RESULTS.md"
     (tmp_path / "sweeps").mkdir()
     (tmp_path / "sweeps" / "reproduce.json").write_text("[1, 2]")
