@@ -193,10 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         "--record", help="the record of finished runs (default: <output's folder>/sweeps/reproduce.json)"
     )
     args = parser.parse_args(argv)
-    record = args.record or os.path.join(
-        os.path.dirname(os.path.abspath(args.output)), "sweeps", "reproduce.json"
+    repro = Reproduction(
+        ROWS, args.root, args.record or sweep.default_record(os.path.abspath(args.output), "reproduce")
     )
-    repro = Reproduction(ROWS, args.root, record)
     try:
         seeds = sweep.parse_seeds(args.seeds)
         rows = sweep.select_rows(ROWS, args.only)

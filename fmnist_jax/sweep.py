@@ -100,11 +100,15 @@ class Sweep:
         return os.path.join(ROOT, self.root or os.path.join("runs", "sweeps", self.name))
 
     def record_file(self) -> str:
-        default = os.path.join(os.path.dirname(self.output), "sweeps", f"{self.name}.json")
-        return os.path.join(ROOT, self.record or default)
+        return os.path.join(ROOT, self.record or default_record(self.output, self.name))
 
     def config_file(self, row: Row) -> str:
         return os.path.join(ROOT, row.config or self.config)
+
+
+def default_record(output: str, name: str) -> str:
+    """Where the record of `name`'s finished runs goes: next to its markdown `output`."""
+    return os.path.join(os.path.dirname(output), "sweeps", f"{name}.json")
 
 
 class Named(Protocol):
