@@ -31,6 +31,13 @@ from typing import Any
 
 import numpy as np
 
+if importlib.util.find_spec("tensorflow_datasets") is not None:
+    # Imported with this module, at start-up, never later beside another thread: for a
+    # while, tfds's import swaps builtins.__import__ for etils' lazy one in every thread,
+    # and an import elsewhere meanwhile (jax's, in train.set_up's compiling thread) gets a
+    # lazy stand-in that fails at its first use.
+    import tensorflow_datasets  # noqa: F401
+
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 IDX_FILES = (
     "train-images-idx3-ubyte.gz",

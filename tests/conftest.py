@@ -2,7 +2,9 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import concurrent.futures
 import importlib
+import subprocess
 
 import pytest
 
@@ -18,3 +20,28 @@ def load_config(name):
 def splits() -> dict[str, input_pipeline.Split]:
     """The real prepared dataset with the default 10% validation carve."""
     return input_pipeline.load_splits(validation_fraction=0.1, split_seed=0)
+
+
+def read_until(proc: subprocess.Popen, prefix: str) -> str:
+    """Reads a process's output up to its first line starting with `prefix`; returns all
+    of it read so far. If the process ends first, fails showing what it printed."""
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith(prefix):
+            return "".join(seen)
+    proc.wait()
+    pytest.fail(f"exited {proc.returncode} before printing {prefix!r}:\n{''.join(seen)}")
+
+
+def rest_of_output(proc: subprocess.Popen, timeout: float) -> str:
+    """The rest of a process's output once it exits, through the same buffered reader as
+    read_until (communicate reads the raw pipe and loses what that reader holds)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        reading = pool.submit(proc.stdout.read)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        return reading.result()

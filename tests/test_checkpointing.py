@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import jax
 import numpy as np
 import pytest
-from conftest import load_config
+from conftest import load_config, read_until, rest_of_output
 
 from fmnist_jax import checkpointing, configuration, evaluate, runtime, steps, train
 
@@ -122,12 +122,10 @@ def signal_after_first_step(workdir, sig):
     """Starts the small run, sends `sig` a second after its first step, and checks the
     preemption contract: exit 0, one 'caught' line, its step saved. Returns that step."""
     proc = launch(*cnn3_args(workdir))
-    for line in proc.stdout:  # Wait until training has started.
-        if line.startswith("compiled the train step"):
-            break
+    out = read_until(proc, "compiled the train step")  # Training has started.
     time.sleep(1.0)
     proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=120)
+    out += rest_of_output(proc, timeout=120)
     assert proc.returncode == 0, out
     caught = [line for line in out.splitlines() if line.startswith(f"caught {sig.name}")]
     assert len(caught) == 1, out
@@ -162,12 +160,10 @@ def test_second_sigint_stops_at_once_without_saving(tmp_path):
     while not (tmp_path / "config.json").exists() and time.time() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
-    for line in proc.stdout:  # The first is acknowledged at once ...
-        if line.startswith("SIGINT: saving at the next step boundary"):
-            break
+    out = read_until(proc, "SIGINT: saving at the next step boundary")  # Acknowledged at once ...
     proc.send_signal(signal.SIGINT)  # ... and the second arrives before the first step ends.
     t = time.time()
-    out, _ = proc.communicate(timeout=120)
+    out += rest_of_output(proc, timeout=120)
     assert proc.returncode == 130, out
     assert time.time() - t < 15
     assert "interrupted: stopped without saving" in out and "Traceback" not in out

@@ -3,11 +3,15 @@
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from fmnist_jax import input_pipeline, steps
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_split_shapes_dtypes_and_sizes(splits):
@@ -200,3 +204,12 @@ def test_idx_reader_refuses_missing_or_altered_files(tmp_path):
         (tmp_path / name).write_bytes(data)
     with pytest.raises(input_pipeline.DatasetNotFoundError, match=r"t10k-labels-idx1-ubyte\.gz: sha256"):
         input_pipeline.load_idx_arrays(str(tmp_path))
+
+
+def test_importing_train_imports_tfds_before_any_thread_compiles():
+    """For a while, tfds's import swaps builtins.__import__ in every thread. When
+    train.set_up's data loading imported it, the compiling thread's imports got lazy
+    stand-ins that failed: about one launch in two with another process busy."""
+    code = "import sys, fmnist_jax.train; print('tensorflow_datasets' in sys.modules)"
+    ran = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert ran.stdout.split() == ["True"]

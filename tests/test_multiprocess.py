@@ -11,6 +11,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from conftest import read_until, rest_of_output
 
 from fmnist_jax import checkpointing, evaluate, parallel, steps
 
@@ -113,12 +114,10 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_then_resumes(runs, t
     the uninterrupted two-process run, bit for bit."""
     two, _, _ = runs
     procs = start_processes(tmp_path, 2)
-    for line in procs[0].stdout:
-        if line.startswith("compiled the train step"):
-            break
+    first = read_until(procs[0], "compiled the train step")
     time.sleep(1.0)
     procs[1].send_signal(signal.SIGTERM)
-    outs = [p.communicate(timeout=300)[0] for p in procs]
+    outs = [first + rest_of_output(procs[0], timeout=300), rest_of_output(procs[1], timeout=300)]
     assert [p.returncode for p in procs] == [0, 0], outs
     caught = [[ln for ln in out.splitlines() if "caught" in ln] for out in outs]
     assert [len(c) for c in caught] == [1, 1], outs
