@@ -5,9 +5,9 @@ Seed 002 reported 0.9122 after 10 epochs at batch 64.
 
     python launch.py --config=configs/cnn2_2x2.py
 
-Measured here (make reproduce, docs/RESULTS.md): test accuracy 0.9204 ± 0.0007 over seeds 0, 1, 2
-after 10 epochs at batch 64; 106 s training per run on a
-2-core AMD EPYC CPU (2026-11-23; other jobs shared the cores, so times are upper bounds).
+Measured here (make reproduce, docs/RESULTS.md): test accuracy 0.9202 ± 0.0016 over seeds 0, 1, 2
+after 10 epochs at batch 64; 2.5 min training per run on the 2-core AMD EPYC
+family 23 model 1 (Zen/Zen+, AVX2), 2026-12-02.
 """
 
 import ml_collections

@@ -5,9 +5,9 @@ Seed 000 reported 0.9012 at batch 32 (epochs not given).
 
     python launch.py --config=configs/cnn3.py
 
-Measured here (make reproduce, docs/RESULTS.md): test accuracy 0.9253 ± 0.0019 over seeds 0, 1, 2
-after 6 epochs at batch 32; 4.4 min training per run on a
-2-core AMD EPYC CPU (2026-11-23; other jobs shared the cores, so times are upper bounds).
+Measured here (make reproduce, docs/RESULTS.md): test accuracy 0.9262 ± 0.0013 over seeds 0, 1, 2
+after 6 epochs at batch 32; 5.2 min training per run on the 2-core AMD EPYC
+family 23 model 1 (Zen/Zen+, AVX2), 2026-12-02.
 """
 
 import ml_collections

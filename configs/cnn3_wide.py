@@ -5,9 +5,9 @@ Seed 000 reported 0.8844 at batch 32 (epochs not given).
 
     python launch.py --config=configs/cnn3_wide.py
 
-Measured here (make reproduce, docs/RESULTS.md): test accuracy 0.9246 ± 0.0011 over seeds 0, 1, 2
-after 4 epochs at batch 32; 5.7 min training per run on a
-2-core AMD EPYC CPU (2026-11-23; other jobs shared the cores, so times are upper bounds).
+Measured here (make reproduce, docs/RESULTS.md): test accuracy 0.9240 ± 0.0006 over seeds 0, 1, 2
+after 4 epochs at batch 32; 8.0 min training per run on the 2-core AMD EPYC
+family 23 model 1 (Zen/Zen+, AVX2), 2026-12-02.
 """
 
 import ml_collections

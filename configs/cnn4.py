@@ -5,13 +5,12 @@ Seed 000 reported 0.9156 at batch 128 (epochs not given).
 
     python launch.py --config=configs/cnn4.py
 
-Measured here (make reproduce, docs/RESULTS.md): test accuracy 0.9289 ± 0.0004 over seeds 0, 1
-after 8 epochs at batch 128; 7.0 min training per run on a
-2-core AMD EPYC CPU (2026-11-22; other jobs shared the cores, so times are upper bounds).
-With the CPU path's items 4-6 (docs/PERFORMANCE.md, "The CPU path, and why"; the second
-block's kernel gradient in 8 batch slices below is item 6): 0.9286 ± 0.0013 over seeds
-0, 1, 2 (`python -m fmnist_jax.reproduce --only=cnn4 --seeds=0,1,2 --root=DIR
---output=FILE`, 2026-12-01, AMD EPYC family 25 model 17, Zen 4).
+Measured here (make reproduce, docs/RESULTS.md): test accuracy 0.9288 ± 0.0005 over seeds 0, 1, 2
+after 8 epochs at batch 128; 8.3 min training per run on the 2-core AMD EPYC
+family 23 model 1 (Zen/Zen+, AVX2), 2026-12-02.
+On the Zen 4 class (AMD EPYC family 25 model 17), 2026-12-01: 0.9286 ±
+0.0013 over seeds 0, 1, 2 (`python -m fmnist_jax.reproduce --only=cnn4 --seeds=0,1,2
+--root=DIR --output=FILE`).
 """
 
 import ml_collections
