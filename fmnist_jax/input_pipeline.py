@@ -17,6 +17,7 @@ order tfds gives them, so splits, seeds and results are the same either way.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
@@ -31,11 +32,11 @@ from typing import Any
 
 import numpy as np
 
-if importlib.util.find_spec("tensorflow_datasets") is not None:
-    # Imported with this module, at start-up, never later beside another thread: for a
-    # while, tfds's import swaps builtins.__import__ for etils' lazy one in every thread,
-    # and an import elsewhere meanwhile (jax's, in train.set_up's compiling thread) gets a
-    # lazy stand-in that fails at its first use.
+# Imported with this module, at start-up, never later beside another thread: for a while,
+# tfds's import swaps builtins.__import__ for etils' lazy one in every thread, and an import
+# elsewhere meanwhile (jax's, in train.set_up's compiling thread) gets a lazy stand-in that
+# fails at its first use. Where it is not installed, the IDX files are read directly.
+with contextlib.suppress(ImportError):
     import tensorflow_datasets  # noqa: F401
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
