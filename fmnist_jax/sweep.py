@@ -16,7 +16,8 @@ that carries ROW's training time and machine; it is evaluated again when ROW's r
 Each (row, seed) trains with `launch.py` in its own process into `<root>/<row>/seed<k>/`,
 its log in `train.log` there. A run whose `results.json` exists, or that the sweep's record
 holds, is finished and is never retrained; an interrupted run resumes from its newest
-checkpoint, so the command can be stopped at any time and started again. After every
+checkpoint, so the command can be stopped at any time (Ctrl-C, or SIGTERM, which it passes
+on to the run in progress and waits for it to save) and started again. After every
 finished run its numbers go into the record (`<markdown's folder>/sweeps/<name>.json`, meant
 to be committed with the markdown, so that a clone elsewhere trains only what is missing)
 and the table is rewritten from the runs' own results.json files and the record, between
@@ -29,16 +30,19 @@ it is. `make reproduce`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
 import re
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -51,6 +55,11 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 class SweepError(Exception):
     """What the command line or the sweep file asks for does not exist or is malformed;
     the message is one line."""
+
+
+class Stopped(Exception):
+    """SIGTERM stopped the sweep once its child process had stopped (a training run saves
+    a checkpoint first)."""
 
 
 @dataclass(frozen=True)
@@ -227,15 +236,39 @@ def launch(command: list[str], workdir: str, label: str) -> None:
         log.write(f"\n$ {' '.join(command)}\n")
         log.flush()
         child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        try:
-            code = child.wait()
-        except KeyboardInterrupt:
-            # Ctrl-C reached the child too: it saves at the end of its current dispatch.
-            print("waiting for the training run to save a checkpoint (Ctrl-C again: stop now) ...")
-            child.wait()
-            raise
+        with sigterm_passed_on(child) as received:
+            try:
+                code = child.wait()
+            except KeyboardInterrupt:
+                # Ctrl-C reached the child too: it saves at the end of its current dispatch.
+                print("waiting for the training run to save a checkpoint (Ctrl-C again: stop now) ...")
+                child.wait()
+                raise
+    if received:
+        raise Stopped(f"SIGTERM: {label} stopped (a training run saves a checkpoint first)")
     if code != 0:
         raise RuntimeError(f"{label} failed (exit {code}); see {log_path}")
+
+
+@contextlib.contextmanager
+def sigterm_passed_on(child: subprocess.Popen) -> Iterator[list[int]]:
+    """While the block runs, SIGTERM to this process is sent on to `child` and noted in the
+    list it yields, so that a sweep told to stop never leaves its child training alone
+    (Ctrl-C needs no help: the terminal sends it to the whole process group)."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # Signals reach only the main thread.
+        yield received
+        return
+
+    def pass_on(signum: int, frame: object) -> None:
+        received.append(signum)
+        child.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, pass_on)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 Train = Callable[[Any, int, str], None]
@@ -254,8 +287,8 @@ def run(
     """Trains every (row, seed) under `root` that has not finished (default: has no
     results.json yet), seed-major (a partial table soon has every row), calling `write()`
     after each finished run and at the end. With `dry_run`, prints the command it gives
-    each such run instead. Returns the exit status: 0, 1 (a run failed or stopped early)
-    or 130 (interrupted)."""
+    each such run instead. Returns the exit status: 0, 1 (a run failed or stopped early),
+    130 (Ctrl-C) or 143 (SIGTERM)."""
     if finished is None:
         finished = lambda row, seed: load_result(run_dir(root, row, seed)) is not None  # noqa: E731
     todo = [(r, s) for s in seeds for r in rows if not finished(r, s)]
@@ -286,6 +319,9 @@ def _train_all(todo: list[tuple[Any, int]], root: str, train: Train, write: Call
         except KeyboardInterrupt:
             print("interrupted; run the same command again to resume", file=sys.stderr)
             return 130
+        except Stopped as e:
+            print(f"{e}; run the same command again to resume", file=sys.stderr)
+            return 128 + signal.SIGTERM
         except RuntimeError as e:
             print(f"error: {e}", file=sys.stderr)
             write()

@@ -1,5 +1,6 @@
 """make reproduce: finished runs are never retrained; the table is computed from results.json."""
 
+import contextlib
 import json
 import os
 import signal
@@ -132,16 +133,16 @@ TINY = reproduce.Row(
 )
 # `python -m fmnist_jax.reproduce` with the table reduced to the tiny row.
 RUN_TINY = (
+    # As from an interactive shell: Ctrl-C interrupts (a background job ignores SIGINT).
+    "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
     "import sys; from fmnist_jax import reproduce as r; from fmnist_jax.reproduce import Row; "
     f"r.ROWS = ({TINY!r},); sys.exit(r.main(sys.argv[1:]))"
 )
 
 
-def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
-    """Ctrl-C (SIGINT to the process group) stops `reproduce` and its training child,
-    which saves; the same command again resumes that run and finishes it with the
-    results of a run never interrupted."""
-    args = ["--only=tiny", "--seeds=0", f"--output={tmp_path / 'R.md'}"]
+def _start_tiny(tmp_path, args):
+    """`reproduce` of the tiny row in a process session of its own; returns the process
+    once its training child has set up (its signal handlers are in place) and the log."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.Popen(
         [sys.executable, "-c", RUN_TINY, *args, f"--root={tmp_path / 'runs'}"],
@@ -151,14 +152,21 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-        # As from an interactive shell: Ctrl-C interrupts (a background job ignores SIGINT).
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     log = tmp_path / "runs" / "tiny" / "seed0" / "train.log"
     deadline = time.time() + 120
     # Set-up is done (the signal handlers are in place) once the child prints this line.
     while time.time() < deadline and not (log.exists() and " parameters; " in log.read_text()):
         time.sleep(0.02)
+    return proc, log
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """Ctrl-C (SIGINT to the process group) stops `reproduce` and its training child,
+    which saves; the same command again resumes that run and finishes it with the
+    results of a run never interrupted."""
+    args = ["--only=tiny", "--seeds=0", f"--output={tmp_path / 'R.md'}"]
+    proc, log = _start_tiny(tmp_path, args)
     os.killpg(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
@@ -176,3 +184,21 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     assert resumed["step"] == fresh["step"] == 2 * 18
     assert resumed["test"] == fresh["test"]
     assert sweep.was_resumed(str(log.parent))
+
+
+def test_sigterm_to_the_command_alone_stops_its_training_child_too(tmp_path):
+    """SIGTERM sent to `reproduce` only (a scheduler, `kill PID`) reaches its training
+    child, which saves; `reproduce` exits 143 after it, leaving nothing training alone."""
+    args = ["--only=tiny", "--seeds=0", f"--output={tmp_path / 'R.md'}"]
+    proc, log = _start_tiny(tmp_path, args)
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 143, out
+        assert "SIGTERM: tiny seed 0 stopped" in out and "run the same command again to resume" in out
+        # Written by the child as it exits, so before `reproduce` did.
+        assert "caught SIGTERM: saved a checkpoint at step" in log.read_text()
+        assert not (log.parent / "results.json").exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # A child left training, if any.
+            os.killpg(proc.pid, signal.SIGKILL)
