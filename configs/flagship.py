@@ -7,8 +7,12 @@ flips + translations of up to 2 pixels + cutout 8, bfloat16 compute, the trainin
 on the device; test-time augmentation over 6 views (flip, and shifts of 1 pixel).
 
     python launch.py --config=configs/flagship.py [--config.seed=K]
-    make sweep SWEEP=configs/sweeps/flagship.py                 # 3 seeds + the ablation rows
-    python launch.py --mode=ensemble --workdir=runs/sweeps/flagship/full/seed0 ...
+    # 5 seeds, and what test-time augmentation buys (no retraining):
+    make sweep SWEEP=configs/sweeps/flagship.py ARGS="--only=full,no_tta --seeds=0,1,2,3,4"
+    # Their final checkpoints as one model, each member with its 6 test-time views:
+    python launch.py --mode=ensemble --checkpoint=latest \
+        --workdir=runs/sweeps/flagship/full/seed{0,1,2,3,4} --output=runs/flagship_ensemble.json
+    make sweep SWEEP=configs/sweeps/flagship.py                 # the ablation rows, 3 seeds
 
 Not yet measured on a GPU: the target is >= 0.960 test accuracy (mean of 3 seeds, final
 epoch) in at most 2 minutes of training per seed on one H100. The recipe is

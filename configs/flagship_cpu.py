@@ -17,6 +17,9 @@ seed 0's 1,723 s include other jobs on the cores for about 8 of its 32 epochs). 
 the 0.945 this config aims at, with no margin: the seeds spread more than that.
 Earlier versions on the same machine, with 6,000 images held out (54,000 to train on):
 0.9439 ± 0.0016 in 1,412 s per seed; without cutout, for 28 epochs, seed 0: 0.9434.
+On the slowest class seen, the 2-core AMD EPYC of family 23 model 1 (Zen/Zen+, AVX2),
+2026-12-02, seed 0 alone so far: 0.9449 (0.9401 without test-time augmentation) after
+4,255 s of training (71 min), the same sweep's record (docs/sweeps/flagship_cpu.json).
 """
 
 import ml_collections

@@ -2,6 +2,8 @@
 
 make sweep SWEEP=configs/sweeps/flagship.py ARGS=--only=full   # the flagship's 3 seeds
 make sweep SWEEP=configs/sweeps/flagship.py                    # and the ablation rows
+make sweep SWEEP=configs/sweeps/flagship.py ARGS="--only=full,no_tta --seeds=0,1,2,3,4"
+                                                               # 5 seeds, for an ensemble of 5
 """
 
 from configs.sweeps import flagship_cpu
