@@ -266,6 +266,20 @@ def _training_loss(variables, x):
     return loss
 
 
+def applications(jaxpr, primitive: str) -> int:
+    """How many times `primitive` is applied in a (closed) jaxpr, a sub-jaxpr's applications
+    counted at each of its calls (printed, newer JAX shows a repeated sub-jaxpr only once)."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    count = 0
+    for eqn in jaxpr.eqns:
+        count += eqn.primitive.name == primitive
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else (value,):
+                if hasattr(getattr(sub, "jaxpr", sub), "eqns"):
+                    count += applications(sub, primitive)
+    return count
+
+
 @pytest.mark.parametrize(("batch", "chunks", "slices"), [(8, 4, 4), (6, 4, 2), (5, 3, 1), (4, 8, 4)])
 def test_kernel_gradient_in_batch_slices_equals_autodiff(batch, chunks, slices):
     """kernel_grad_chunks: the kernel gradient as gcd(batch, chunks) convolutions over batch
@@ -287,8 +301,8 @@ def test_kernel_gradient_in_batch_slices_equals_autodiff(batch, chunks, slices):
     ref_dx, ref_dw = jax.grad(loss(reference), (0, 1))(x, w)
     np.testing.assert_array_equal(dx, ref_dx)
     np.testing.assert_allclose(dw, ref_dw, rtol=1e-5, atol=1e-4)
-    jaxpr = str(jax.make_jaxpr(jax.grad(loss(ours), 1))(x, w))
-    assert jaxpr.count("conv_general_dilated[") == 2 + slices  # Forward, input gradient, slices.
+    jaxpr = jax.make_jaxpr(jax.grad(loss(ours), 1))(x, w)
+    assert applications(jaxpr, "conv_general_dilated") == 2 + slices  # Forward, input gradient, slices.
 
 
 def test_cnn_kernel_grad_chunks_per_block():
@@ -306,9 +320,9 @@ def test_cnn_kernel_grad_chunks_per_block():
     np.testing.assert_array_equal(ours[0], reference[0])
     for a, b in zip(jax.tree_util.tree_leaves(ours[1]), jax.tree_util.tree_leaves(reference[1]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    jaxpr = str(jax.make_jaxpr(jax.grad(loss), static_argnums=1)(variables["params"], sliced))
+    jaxpr = jax.make_jaxpr(jax.grad(loss), static_argnums=1)(variables["params"], sliced)
     # Forwards (the first, of one channel, as multiply-adds), input gradients, kernel-gradient slices.
-    assert jaxpr.count("conv_general_dilated[") == 2 + 3 + (2 + 4 + 1)
+    assert applications(jaxpr, "conv_general_dilated") == 2 + 3 + (2 + 4 + 1)
     with pytest.raises(ValueError, match=r"kernel_grad_chunks needs model\.conv_op='custom'"):
         models.CNN(conv_features=(4,), kernel_grad_chunks=2, conv_op="lax").init(jax.random.PRNGKey(0), x)
 
@@ -347,7 +361,7 @@ def test_cnn_taps_conv_only_for_the_one_channel_input():
     variables = models.init_variables(taps, jax.random.PRNGKey(0))
     np.testing.assert_allclose(taps.apply(variables, x), convs.apply(variables, x), rtol=1e-5, atol=1e-6)
     counts = [
-        str(jax.make_jaxpr(m.apply)(variables, x)).count("conv_general_dilated[") for m in (taps, convs)
+        applications(jax.make_jaxpr(m.apply)(variables, x), "conv_general_dilated") for m in (taps, convs)
     ]
     assert counts == [1, 2]
 
