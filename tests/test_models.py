@@ -556,7 +556,9 @@ def test_cnn_fused_and_flax_blocks_train_alike():
     for a, b in zip(
         jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(reference_grads), strict=True
     ):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        # Leaves of order 1, each a float32 sum over up to 6 x 28 x 28 positions; jax 0.11's
+        # CPU kernels round a kernel-gradient entry of 0.0089 1.2e-5 away.
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
     for name in (n for n in grads if n.startswith("Conv_")):  # Exactly 0, not rounding noise.
         np.testing.assert_array_equal(grads[name]["bias"], 0.0)
 
