@@ -21,20 +21,27 @@ def seconds_since_process_start() -> float:
 # XLA:CPU's fastest path for these models on this jaxlib: YNNPACK for matmuls and
 # reductions, XLA's own (Eigen) kernels for convolutions. 1.4-1.5x faster training
 # steps for cnn4 than jaxlib's default; docs/PERFORMANCE.md has the measurements.
-# Set before JAX's CPU backend starts; an XLA_FLAGS that already names the option wins,
-# and FMNIST_JAX_CPU_FLAGS=0 leaves jaxlib's defaults (the benchmark's ablation does).
+# FMNIST_JAX_CPU_FLAGS=0 leaves jaxlib's defaults (the benchmark's ablation does).
 CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=dot,reduce",)
+# XLA:CPU aborts the whole process when one process's devices reach a collective more
+# than 60 s apart (a warning after 20 s, then this flag's 40 s). Forced host devices
+# share the cores: eight of them on a busy 2-core machine have drifted that far in an
+# evaluation (tests/test_collectives.py), so they wait 10 minutes more instead.
+CPU_COLLECTIVE_FLAGS = ("--xla_cpu_collective_call_terminate_timeout_seconds=600",)
 
 
-def _set_default_xla_flags() -> None:
+def _add_xla_flags(defaults: tuple[str, ...]) -> None:
+    """Appends each default to XLA_FLAGS unless XLA_FLAGS already names its option.
+    Set before JAX's CPU backend starts; the flags only concern the CPU backend."""
     flags = os.environ.get("XLA_FLAGS", "")
-    extra = [f for f in CPU_XLA_FLAGS if f.split("=")[0] not in flags]
+    extra = [f for f in defaults if f.split("=")[0] not in flags]
     if extra:
         os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
 
 
+_add_xla_flags(CPU_COLLECTIVE_FLAGS)
 if os.environ.get("FMNIST_JAX_CPU_FLAGS", "1") != "0":
-    _set_default_xla_flags()
+    _add_xla_flags(CPU_XLA_FLAGS)
 
 CLASS_NAMES = (
     "T-shirt/top",
