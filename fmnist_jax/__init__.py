@@ -26,7 +26,7 @@ CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=dot,reduce",)
 # XLA:CPU aborts the whole process when one process's devices reach a collective more
 # than 60 s apart (a warning after 20 s, then this flag's 40 s). Forced host devices
 # share the cores: eight of them on a busy 2-core machine have drifted that far in an
-# evaluation (tests/test_collectives.py), so they wait 10 minutes more instead.
+# evaluation, so they wait 10 minutes more instead (tests/test_collectives.py).
 CPU_COLLECTIVE_FLAGS = ("--xla_cpu_collective_call_terminate_timeout_seconds=600",)
 
 
