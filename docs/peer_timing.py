@@ -7,7 +7,8 @@ state by plain loops written here, without the package's benchmark code.
 cnn4 (batch 128) and mlp_256 (batch 64) as the configs define them, the first images of
 the training IDX file (Debian's `dataset-fashion-mnist`) scaled to [0, 1], Adam 1e-3. The
 clock is read after every step (Keras: in a batch-end callback, intervals inside epochs
-only); the first 20 steps are left out. `torch_cl`: channels_last; `keras_xla`: jit_compile
+only); the first 20 steps are left out, and both frameworks train until `--seconds` of
+steady steps are timed. `torch_cl`: channels_last; `keras_xla`: jit_compile
 with 32 steps per execution. `--mallopt`: glibc malloc's mmap and trim thresholds at
 256 MiB first; `--jax_first`: one JAX operation before the framework starts (the
 benchmark's children have imported JAX). Prints one line: img/s over the steady steps.
@@ -72,7 +73,7 @@ def torch_rate(framework: str, model: str, x: np.ndarray, y: np.ndarray, batch: 
     return steady_rate(stamps, batch)
 
 
-def keras_rate(framework: str, model: str, x: np.ndarray, y: np.ndarray, batch: int) -> float:
+def keras_rate(framework: str, model: str, x: np.ndarray, y: np.ndarray, batch: int, seconds: float) -> float:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     from keras import layers as kl
@@ -105,9 +106,11 @@ def keras_rate(framework: str, model: str, x: np.ndarray, y: np.ndarray, batch: 
             if last[0] is not None:
                 intervals.append(now - last[0])
             last[0] = now
+            self.model.stop_training = sum(intervals[skip:]) >= seconds
 
-    net.fit(x, y, batch_size=batch, epochs=3, verbose=0, callbacks=[Clock()])
-    steady = intervals[WARMUP // per_call :]
+    skip = WARMUP // per_call
+    net.fit(x, y, batch_size=batch, epochs=10_000, verbose=0, callbacks=[Clock()])
+    steady = intervals[skip:]
     return batch * per_call * len(steady) / sum(steady)
 
 
@@ -132,7 +135,7 @@ def main() -> None:
     if args.framework.startswith("torch"):
         rate = torch_rate(args.framework, args.model, x, y, batch, args.seconds)
     else:
-        rate = keras_rate(args.framework, args.model, x, y, batch)
+        rate = keras_rate(args.framework, args.model, x, y, batch, args.seconds)
     print(f"{args.framework} {args.model}: {rate:,.0f} img/s")
 
 
