@@ -95,6 +95,35 @@ def amd_generation(family: int, model: int | None, flags: set[str]) -> str | Non
     return None
 
 
+# Intel Xeon server cores (family 6) by model number; client cores are not named.
+_INTEL_SERVER_MODELS = {
+    0x55: "Skylake-SP/Cascade Lake",
+    0x6A: "Ice Lake-SP",
+    0x6C: "Ice Lake-SP",
+    0x8F: "Sapphire Rapids",
+    0xCF: "Emerald Rapids",
+    0xAD: "Granite Rapids",
+    0xAE: "Granite Rapids",
+}
+
+
+def intel_generation(family: int, model: int | None) -> str | None:
+    """Intel's Xeon generation from the CPU family and model number (None: not a known
+    Xeon server core)."""
+    return _INTEL_SERVER_MODELS.get(model) if family == 6 and model is not None else None
+
+
+def cpu_generation(vendor: str, family: int | None, model: int | None, flags: set[str]) -> str | None:
+    """The generation of an AMD or Intel CPU (None: unknown vendor or model)."""
+    if family is None:
+        return None
+    if vendor == "AuthenticAMD":
+        return amd_generation(family, model, flags)
+    if vendor == "GenuineIntel":
+        return intel_generation(family, model)
+    return None
+
+
 def _number(info: dict[str, str], field: str) -> int | None:
     """An integer field of /proc/cpuinfo ('cpu family', 'model'); None where absent."""
     value = info.get(field, "")
@@ -110,27 +139,27 @@ def cpu_description() -> str:
         return name
     flags = set(info.get("flags", "").split())
     details = [f"family {info['cpu family']} model {info.get('model', '?')}"]
-    if info.get("vendor_id") == "AuthenticAMD":
-        generation = amd_generation(int(info["cpu family"]), _number(info, "model"), flags)
-        details += [generation] if generation else []
+    vendor = info.get("vendor_id", "")
+    generation = cpu_generation(vendor, _number(info, "cpu family"), _number(info, "model"), flags)
+    details += [generation] if generation else []
     details.append("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2")
     return f"{name} ({', '.join(details)})"
 
 
 def cpu_features() -> dict[str, Any]:
-    """The CPU's model name, vendor, family and model numbers, Zen generation (AMD) and
-    the vector flags that decide which kernels run fast: avx2, avx512f, avx512_bf16."""
+    """The CPU's model name, vendor, family and model numbers, generation (AMD's Zen,
+    Intel's Xeon) and the vector flags that decide which kernels run fast: avx2, avx512f,
+    avx512_bf16, amx_bf16."""
     info = _cpuinfo()
     flags = set(info.get("flags", "").split())
     family, model = _number(info, "cpu family"), _number(info, "model")
-    amd = info.get("vendor_id") == "AuthenticAMD"
     return {
         "model_name": info.get("model name") or platform.processor() or platform.machine(),
         "vendor": info.get("vendor_id", ""),
         "family": family,
         "model": model,
-        "generation": amd_generation(family, model, flags) if amd and family is not None else None,
-        **{flag: flag in flags for flag in ("avx2", "avx512f", "avx512_bf16")},
+        "generation": cpu_generation(info.get("vendor_id", ""), family, model, flags),
+        **{flag: flag in flags for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")},
     }
 
 

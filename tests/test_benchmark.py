@@ -509,6 +509,13 @@ def test_markdown_names_the_cpu_and_its_flags():
     assert "CPU: AMD EPYC, family 25 model 17; avx512f no, avx512_bf16 no; class Zen 3 / AVX2." in (
         benchmark.markdown(report)
     )
+    emerald = cpu | {"vendor": "GenuineIntel", "generation": "Emerald Rapids", "family": 6, "model": 207}
+    emerald |= {"model_name": "Intel(R) Xeon(R) Processor", "amx_bf16": True}
+    report["hardware"] = {"class": benchmark.cpu_class(emerald), "cpu": emerald}
+    assert (
+        "family 6 model 207; avx512f yes, avx512_bf16 yes, amx_bf16 yes; class Emerald Rapids / AVX-512."
+        in (benchmark.markdown(report))
+    )
 
 
 def test_markdown_writer_replaces_only_its_hardware_class_block(tmp_path):

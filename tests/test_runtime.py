@@ -28,6 +28,23 @@ def test_amd_generation_from_family_model_and_flags(family, model, flags, expect
     assert runtime.amd_generation(family, model, flags) == expected
 
 
+@pytest.mark.parametrize(
+    ("vendor", "family", "model", "expected"),
+    [
+        ("GenuineIntel", 6, 207, "Emerald Rapids"),  # 5th-generation Xeon: model 0xCF.
+        ("GenuineIntel", 6, 143, "Sapphire Rapids"),  # 4th generation: 0x8F.
+        ("GenuineIntel", 6, 85, "Skylake-SP/Cascade Lake"),
+        ("GenuineIntel", 6, 158, None),  # A client core (Coffee Lake): not named.
+        ("GenuineIntel", 6, None, None),
+        ("AuthenticAMD", 25, 17, "Zen 4"),
+        ("AuthenticAMD", 6, 207, None),
+        ("SomeOtherVendor", 6, 207, None),
+    ],
+)
+def test_cpu_generation_by_vendor(vendor, family, model, expected):
+    assert runtime.cpu_generation(vendor, family, model, {"avx512f", "avx2"}) == expected
+
+
 def test_cpu_description_names_family_model_and_vector_width():
     info = runtime._cpuinfo()
     if "cpu family" not in info:

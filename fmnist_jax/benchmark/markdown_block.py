@@ -151,8 +151,9 @@ def _hardware_lines(report: dict[str, Any]) -> list[str]:
         yes = {True: "yes", False: "no"}
         lines.append(
             f"CPU: {cpu['model_name']}, family {cpu['family']} model {cpu['model']}; avx512f "
-            f"{yes[cpu['avx512f']]}, avx512_bf16 {yes[cpu['avx512_bf16']]}; "
-            f"class {report['hardware']['class']}."
+            f"{yes[cpu['avx512f']]}, avx512_bf16 {yes[cpu['avx512_bf16']]}"
+            + (f", amx_bf16 {yes[cpu['amx_bf16']]}" if "amx_bf16" in cpu else "")  # Not in older reports.
+            + f"; class {report['hardware']['class']}."
         )
     for framework in report.get("not_installed", []):
         name = PEER_NAMES.get(framework, framework)
