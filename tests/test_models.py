@@ -446,9 +446,10 @@ def _grads(f, x, shift, scale, bias, cotangent, mean_weights):
 
 @pytest.mark.parametrize("size", [8, 7])
 def test_fused_bn_relu_pool_equals_flax_batch_norm_relu_and_pool(size):
-    """With no shift: the same outputs and batch statistics as flax's three steps, bit for
-    bit; the written-out gradients of the input, scale and bias equal autodiff's up to
-    float32 rounding."""
+    """With no shift: the same outputs and batch statistics as flax's three steps, to a
+    few units in the last place (bit for bit on the AMD machines; XLA's code for an
+    Emerald Rapids Xeon sums the variance in another order: 3 ulp); the written-out
+    gradients of the input, scale and bias equal autodiff's up to float32 rounding."""
     x, scale, bias, cotangent = _block_inputs(size)
     shift = jnp.zeros_like(scale)
     for ours, reference in zip(
@@ -456,7 +457,7 @@ def test_fused_bn_relu_pool_equals_flax_batch_norm_relu_and_pool(size):
         jax.jit(_flax_bn_relu_pool)(x, shift, scale, bias),
         strict=True,
     ):
-        np.testing.assert_array_equal(ours, reference)
+        np.testing.assert_array_max_ulp(ours, reference, maxulp=4)
     ours = _grads(_fused, x, shift, scale, bias, cotangent, 0.0)
     reference = _grads(_flax_bn_relu_pool, x, shift, scale, bias, cotangent, 0.0)
     for a, b in zip(ours[:1] + ours[2:], reference[:1] + reference[2:], strict=True):
