@@ -133,17 +133,13 @@ def _number(info: dict[str, str], field: str) -> int | None:
 def cpu_description() -> str:
     """CPU model, family/model numbers, generation and widest vector unit, e.g.
     'AMD EPYC (family 25 model 17, Zen 4, AVX-512)'."""
-    info = _cpuinfo()
-    name = info.get("model name") or platform.processor() or platform.machine()
-    if "cpu family" not in info:
-        return name
-    flags = set(info.get("flags", "").split())
-    details = [f"family {info['cpu family']} model {info.get('model', '?')}"]
-    vendor = info.get("vendor_id", "")
-    generation = cpu_generation(vendor, _number(info, "cpu family"), _number(info, "model"), flags)
-    details += [generation] if generation else []
-    details.append("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2")
-    return f"{name} ({', '.join(details)})"
+    cpu = cpu_features()
+    if cpu["family"] is None:
+        return cpu["model_name"]
+    details = [f"family {cpu['family']} model {'?' if cpu['model'] is None else cpu['model']}"]
+    details += [cpu["generation"]] if cpu["generation"] else []
+    details.append("AVX-512" if cpu["avx512f"] else "AVX2" if cpu["avx2"] else "no AVX2")
+    return f"{cpu['model_name']} ({', '.join(details)})"
 
 
 def cpu_features() -> dict[str, Any]:
