@@ -66,7 +66,8 @@ class MLP(nn.Module):
 
 class BatchNormReluPool(nn.Module):
     """nn.BatchNorm, ReLU, then `ops.max_pool_2x2`: the same variables and values, and in
-    training one fused operation (`ops.bn_relu_pool`) with its gradient written out."""
+    training one fused operation (`ops.bn_relu_pool`) with its gradient written out.
+    Computes in float32 whatever the model's compute dtype (`Conv` hands it float32)."""
 
     momentum: float = 0.99
     epsilon: float = 1e-3
@@ -92,20 +93,23 @@ class BatchNormReluPool(nn.Module):
 
 class Conv(nn.Module):
     """nn.Conv's variables (`kernel`, `bias`, same initialisation) and convolution, with the
-    bias returned beside the output instead of added to it (for `BatchNormReluPool`)."""
+    bias returned beside the output instead of added to it (for `BatchNormReluPool`), and
+    the output in float32 whatever `dtype` the convolution computes in."""
 
     features: int
     kernel_size: int
     padding: str
     conv: Callable[..., jax.Array]
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
         kernel = self.param("kernel", _kernel_init, shape, jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         y = self.conv(x, kernel, (1, 1), self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return y, bias
+        return y.astype(jnp.float32), bias
 
 
 class CNN(nn.Module):
@@ -143,7 +147,7 @@ class CNN(nn.Module):
         """Whether each block's BN, activation and pooling run as one `BatchNormReluPool`."""
         return (
             self.bn_op == "fused" and self.batch_norm and self.pool and self.activation == "relu"
-            and self.pool_op == "maxima" and self.dtype == jnp.float32
+            and self.pool_op == "maxima"
         )  # fmt: skip
 
     def block_conv(self, index: int) -> Callable[..., jax.Array]:
@@ -166,7 +170,7 @@ class CNN(nn.Module):
         """Conv [+BN] + activation [+pool]; as `Conv` + `BatchNormReluPool` for a fused block."""
         conv_op = self.block_conv(index)
         if self.fused_block():
-            y, shift = Conv(features, kernel, padding.upper(), conv_op, name=f"Conv_{index}")(x)
+            y, shift = Conv(features, kernel, padding.upper(), conv_op, self.dtype, name=f"Conv_{index}")(x)
             block = BatchNormReluPool(
                 self.bn_momentum,
                 self.bn_epsilon,

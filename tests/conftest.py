@@ -45,3 +45,18 @@ def rest_of_output(proc: subprocess.Popen, timeout: float) -> str:
             proc.kill()
             raise
         return reading.result()
+
+
+def operand_dtypes(jaxpr, primitive: str) -> list[tuple[str, ...]]:
+    """The operand dtypes, then the result's, of each application of `primitive` in a
+    (closed) jaxpr, sub-jaxprs included."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == primitive:
+            found.append(tuple(str(v.aval.dtype) for v in (*eqn.invars, *eqn.outvars)))
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else (value,):
+                if hasattr(getattr(sub, "jaxpr", sub), "eqns"):
+                    found += operand_dtypes(sub, primitive)
+    return found

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import load_config
+from conftest import load_config, operand_dtypes
 
 from fmnist_jax import models, ops
 
@@ -209,8 +209,12 @@ def test_unknown_model_name():
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_logits():
+    """compute_dtype='bfloat16': convolutions and dense layers multiply bfloat16 values; the
+    parameters, batch-norm statistics and logits stay float32, and cnn4's blocks still run
+    batch norm, ReLU and pooling as one fused operation (on the float32 convolution output)."""
     config = load_config("cnn4")
     model = models.create_model(config.model, compute_dtype="bfloat16")
+    assert model.fused_block()
     variables = models.init_variables(model, jax.random.PRNGKey(0))
     assert {x.dtype for x in jax.tree_util.tree_leaves(variables)} == {jnp.dtype(jnp.float32)}
     x = jax.random.uniform(jax.random.PRNGKey(1), (4, 28, 28, 1))
@@ -219,14 +223,15 @@ def test_bfloat16_compute_keeps_float32_parameters_and_logits():
     assert logits.dtype == jnp.float32
     assert {v.dtype for v in jax.tree_util.tree_leaves(updates)} == {jnp.dtype(jnp.float32)}
     reference = jax.jit(functools.partial(models.create_model(config.model).apply, train=False))(variables, x)
-    captured = functools.partial(
-        model.apply, train=False, capture_intermediates=True, mutable=["intermediates"]
-    )
-    logits, state = jax.jit(captured)(variables, x)
-    layers = state["intermediates"]
-    # Convolutions, batch norm and dense layers compute in bfloat16 ...
-    for name in ("Conv_0", "BatchNorm_0", "Conv_3", "Dense_0"):
-        assert layers[name]["__call__"][0].dtype == jnp.bfloat16, name
+    logits = jax.jit(functools.partial(model.apply, train=False))(variables, x)
+    # Convolutions and dense layers multiply bfloat16 values (the first convolution, of one
+    # channel, as bfloat16 multiply-adds), in training and in evaluation ...
+    for train in (True, False):
+        jaxpr = jax.make_jaxpr(functools.partial(model.apply, train=train, mutable=["batch_stats"]))(
+            variables, x, rngs={"dropout": jax.random.PRNGKey(2)}
+        )
+        assert operand_dtypes(jaxpr, "conv_general_dilated") == [("bfloat16",) * 3] * 3
+        assert operand_dtypes(jaxpr, "dot_general") == [("bfloat16",) * 3] * 2
     # ... so the logits are close to float32's but not the same numbers.
     np.testing.assert_allclose(logits, reference, rtol=0.1, atol=0.1)
     assert not np.array_equal(np.asarray(logits), np.asarray(reference))

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import matplotlib.image
 import numpy as np
 import pytest
-from conftest import load_config
+from conftest import load_config, operand_dtypes
 
 from fmnist_jax import (
     CLASS_NAMES,
@@ -245,11 +245,10 @@ def test_compute_dtype_bfloat16_reaches_the_model_of_a_training_run(splits):
     assert metrics["loss"].dtype == jnp.float32
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     x = steps.preprocess(batch[0], True)
-    _, inter = state.apply_fn(
-        variables, x, train=False, capture_intermediates=True, mutable=["intermediates"]
-    )
-    assert inter["intermediates"]["Conv_0"]["__call__"][0].dtype == jnp.bfloat16
-    assert inter["intermediates"]["Dense_1"]["__call__"][0].dtype == jnp.bfloat16
+    jaxpr = jax.make_jaxpr(functools.partial(state.apply_fn, train=False))(variables, x)
+    # The convolutions after the first (multiply-adds) and both dense layers.
+    assert operand_dtypes(jaxpr, "conv_general_dilated") == [("bfloat16",) * 3] * 3
+    assert operand_dtypes(jaxpr, "dot_general") == [("bfloat16",) * 3] * 2
 
 
 def _mlp_state(**overrides):
