@@ -446,6 +446,21 @@ def test_peak_share_and_the_limit_table():
     shares = " | ".join(f"{round(100 * r * 60.384768e6 / 200e9)}%" for r in rates.values())
     assert f"| `cnn4` | 60.4 | {200e9 / 60_384_768:,.0f} | {shares} |" in text, text
     assert shares == "60% | 45% | 75%"
+    assert "bfloat16" not in text  # A report from before the bfloat16 dot was timed.
+    report["matmul_peak"]["xla_bf16_gflops"] = 812.4
+    text = benchmark.markdown(report)
+    assert "the limit is 200 GFLOP/s. In bfloat16 (float32 sums) XLA's dot ran at 812 GFLOP/s." in text
+    assert f"| `cnn4` | 60.4 | {200e9 / 60_384_768:,.0f} | {shares} |" in text  # Not a limit.
+
+
+def test_matmul_peak_times_the_bfloat16_dot_too():
+    """limits.matmul_peak: float32 rates through XLA and NumPy (the limit: the faster), and
+    XLA's bfloat16 dot with float32 sums beside them."""
+    from fmnist_jax.benchmark import limits
+
+    peak = limits.matmul_peak(size=64, repeats=1)
+    assert peak["gflops"] == max(peak["xla_gflops"], peak["numpy_gflops"])
+    assert peak["xla_bf16_gflops"] > 0
 
 
 def test_fastest_peer_setup_counts_and_a_missing_torch_is_named(monkeypatch):

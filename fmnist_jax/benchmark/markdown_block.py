@@ -163,6 +163,13 @@ def _hardware_lines(report: dict[str, Any]) -> list[str]:
     return ["", *lines] if lines else []
 
 
+def _bf16_peak(peak: dict[str, Any]) -> str:
+    """XLA's bfloat16 dot rate (float32 sums), where the run measured it (not a limit)."""
+    if "xla_bf16_gflops" not in peak:
+        return ""
+    return f" In bfloat16 (float32 sums) XLA's dot ran at {peak['xla_bf16_gflops']:.0f} GFLOP/s."
+
+
 def _limit_rows(report: dict[str, Any]) -> list[str]:
     """The matmul peak and each framework's share of it per config (none without a peak)."""
     peak = report.get("matmul_peak")
@@ -173,7 +180,7 @@ def _limit_rows(report: dict[str, Any]) -> list[str]:
         "",
         f"Float32 matmul peak in this run ({n}x{n} by {n}x{n}, {peak['cores']} cores, best of "
         f"{peak['repeats']}): XLA's dot {peak['xla_gflops']:.0f} GFLOP/s, NumPy ({peak['numpy_blas']}) "
-        f"{peak['numpy_gflops']:.0f} GFLOP/s; the limit is {gflops:.0f} GFLOP/s. Training FLOPs per "
+        f"{peak['numpy_gflops']:.0f} GFLOP/s; the limit is {gflops:.0f} GFLOP/s.{_bf16_peak(peak)} Training FLOPs per "
         "image are counted from the network (convolutions and dense layers, 3x the forward less the "
         "first layer's input gradient); a share is a training rate's FLOP/s over the limit.",
         "",
