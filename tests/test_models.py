@@ -208,6 +208,14 @@ def test_unknown_model_name():
         models.create_model(cfg)
 
 
+def test_cnn4_accelerator_keeps_flax_batch_norm():
+    """configs/cnn4_accelerator.py's H100 figures were measured with flax's batch norm in
+    bfloat16, before bfloat16 models used the fused block: the config keeps that program."""
+    config = load_config("cnn4_accelerator")
+    model = models.create_model(config.model, compute_dtype=config.compute_dtype)
+    assert model.dtype == jnp.bfloat16 and not model.fused_block()
+
+
 def test_bfloat16_compute_keeps_float32_parameters_and_logits():
     """compute_dtype='bfloat16': convolutions and dense layers multiply bfloat16 values; the
     parameters, batch-norm statistics and logits stay float32, and cnn4's blocks still run
