@@ -49,7 +49,7 @@ def rest_of_output(proc: subprocess.Popen, timeout: float) -> str:
 
 def operand_dtypes(jaxpr, primitive: str) -> list[tuple[str, ...]]:
     """The operand dtypes, then the result's, of each application of `primitive` in a
-    (closed) jaxpr, sub-jaxprs included."""
+    (closed) jaxpr, a sub-jaxpr's at each of its calls."""
     jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
     found = []
     for eqn in jaxpr.eqns:
