@@ -26,7 +26,7 @@ alone). Below 0.945 by 0.0002 there, well within the seeds' spread, and over twi
 30 minutes this config is sized for. Its ablation rows' runs (same network and epochs;
 docs/sweeps/flagship_cpu.json) took 2,061-2,130 s of training on Zen 3 (family 25
 model 1, AVX2) and 1,529-1,981 s on an Intel Xeon of family 6 model 207 (Emerald
-Rapids; seven runs), both 2 cores: about 25-36 min, around the 30.
+Rapids; eight runs), both 2 cores: about 25-36 min, around the 30.
 """
 
 import ml_collections
