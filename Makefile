@@ -6,16 +6,26 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/cnn4.py
 ARGS ?=
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+ONEDNN_HEADER := /usr/include/oneapi/dnnl/dnnl.hpp
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: train test test-all lint format data venv clean reproduce sweep bench
+.PHONY: train test test-all lint format data venv onednn clean reproduce sweep bench
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed onednn
+
+# oneDNN's convolutions (fmnist_jax/onednn.py) build against Debian's libdnnl-dev:
+# installed here with apt-get when running as root. Without it the CNNs use XLA's.
+onednn: $(VENV)/.installed
+	@if [ ! -f $(ONEDNN_HEADER) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "Installing libdnnl-dev with apt-get ..."; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libdnnl-dev g++ >/dev/null; \
+	fi
+	@$(PY) -c "from fmnist_jax import onednn; r = onednn.unavailable_reason(); print('oneDNN convolutions:', r or 'ready')"
 
 # Prepares Fashion-MNIST with tfds. Offline, tfds needs Debian's copy of the IDX files:
 # installed here with apt-get when running as root.

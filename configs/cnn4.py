@@ -28,8 +28,11 @@ def get_config() -> ml_collections.ConfigDict:
             "batch_norm": True,
             "dense_features": (128,),
             "dense_dropout": 0.3,
-            # The second block's kernel gradient in 8 batch slices: faster on a CPU, the
-            # same gradient up to rounding (docs/PERFORMANCE.md, "The CPU path, and why").
+            # On a CPU where fmnist_jax.onednn builds and loads, the convolutions and
+            # their gradients run on oneDNN; elsewhere on XLA's, with the second block's
+            # kernel gradient in 8 batch slices. Both are faster on a CPU and give the same
+            # values up to rounding (docs/PERFORMANCE.md, "The CPU path, and why").
+            "conv_op": "auto",
             "kernel_grad_chunks": (1, 8, 1, 1),
         }
     )

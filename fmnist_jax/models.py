@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from fmnist_jax import ops
+from fmnist_jax import onednn, ops
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
@@ -134,7 +134,9 @@ class CNN(nn.Module):
     bn_axis_name: str | None = None  # pmap axis to average batch statistics over.
     dtype: Any = jnp.float32  # Compute dtype; parameters and BN statistics stay float32.
     pool_op: str = "maxima"  # ops.POOL_OPS: how 2x2 max pooling is computed (same values).
-    conv_op: str = "custom"  # ops.CONV_OPS: how convolutions and their gradients are computed.
+    # ops.CONV_OPS: how convolutions and their gradients are computed ("auto": on oneDNN
+    # where fmnist_jax.onednn builds and loads on a CPU, else "custom").
+    conv_op: str = "custom"
     bn_op: str = "fused"  # BN_OPS: "fused" runs BN + ReLU + pooling as BatchNormReluPool where it can.
     # Speed only: slices of the batch each block's kernel gradient is computed over
     # (ops.kernel_gradient); one value, or one per block in order (blocks past its end: 1).
@@ -158,7 +160,7 @@ class CNN(nn.Module):
         else:
             chunks = per_block[index] if index < len(per_block) else 1
         conv = ops.CONV_OPS[self.conv_op]
-        if self.conv_op == "custom":
+        if self.conv_op in ("custom", "auto", "onednn"):
             return functools.partial(conv, kernel_grad_chunks=chunks, taps=self.taps_conv)
         if chunks != 1:
             raise ValueError(f"model.kernel_grad_chunks needs model.conv_op='custom', not {self.conv_op!r}")
@@ -371,7 +373,11 @@ def _check_kernel_grad_chunks(m: ml_collections.ConfigDict, need: Need) -> None:
     chunks = [int(c) for c in _values(m.get("kernel_grad_chunks", 1))]
     field = "model.kernel_grad_chunks"
     need(all(c >= 1 for c in chunks), field, "must be >= 1")
-    need(max(chunks) == 1 or m.get("conv_op", "custom") == "custom", field, "needs model.conv_op='custom'")
+    need(
+        max(chunks) == 1 or m.get("conv_op", "custom") in ("custom", "auto"),
+        field,
+        "needs model.conv_op='custom' or 'auto' (oneDNN's kernel gradient is not sliced)",
+    )
 
 
 def _check_ops(m: ml_collections.ConfigDict, need: Need) -> None:
@@ -383,6 +389,9 @@ def _check_ops(m: ml_collections.ConfigDict, need: Need) -> None:
     ):
         if field in m:
             need(m[field] in choices, f"model.{field}", f"expected one of {choices}")
+    if m.get("conv_op") == "onednn":
+        reason = onednn.unavailable_reason()
+        need(reason is None, "model.conv_op", f"'onednn' is not available here: {reason} (use 'auto')")
 
 
 def _check_resnet(m: ml_collections.ConfigDict, need: Need) -> None:

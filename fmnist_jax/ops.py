@@ -3,7 +3,8 @@
 Same values as the textbook operations (tested to the bit; the fused block's gradient,
 `taps_conv` and `kernel_gradient` in slices to float32 rounding); each is chosen by a
 `model` config field, so the benchmark's ablation undoes one by a config override:
-`model.pool_op` ('maxima' or 'reduce_max'), `model.conv_op` ('custom' or 'lax'),
+`model.pool_op` ('maxima' or 'reduce_max'), `model.conv_op` ('custom', 'onednn', 'auto'
+or 'lax'),
 `model.bn_op` ('fused' or 'flax': batch norm, ReLU and pooling as `bn_relu_pool`, or as
 three steps), `model.taps_conv` and `model.kernel_grad_chunks`. docs/PERFORMANCE.md has
 what each buys.
@@ -19,6 +20,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from fmnist_jax import onednn
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -40,13 +43,20 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
-def _conv(x: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
-    return _batchable_conv(padding)(x, kernel)
+def _conv(x: jax.Array, kernel: jax.Array, padding: Padding, library: str = "xla") -> jax.Array:
+    return _batchable_conv(padding, library)(x, kernel)
+
+
+def _plain_conv(x: jax.Array, kernel: jax.Array, padding: Padding, library: str) -> jax.Array:
+    if library == "onednn":  # Its output is float32: rounded as XLA's convolution rounds it.
+        return onednn.conv(x, kernel, padding).astype(x.dtype)
+    return lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_NHWC)
 
 
 @functools.cache
-def _batchable_conv(padding: Padding) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """The NHWC/HWIO convolution with its own vmap rule.
+def _batchable_conv(padding: Padding, library: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """The NHWC/HWIO convolution (XLA's, or oneDNN's with `library='onednn'`) with its
+    own vmap rule.
 
     Under `jax.vmap` with batched kernels (best-of-N: one kernel per model) JAX's
     rule folds the models into one grouped convolution, which XLA:CPU runs about
@@ -57,7 +67,7 @@ def _batchable_conv(padding: Padding) -> Callable[[jax.Array, jax.Array], jax.Ar
 
     @jax.custom_batching.custom_vmap
     def conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-        return lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_NHWC)
+        return _plain_conv(x, kernel, padding, library)
 
     @conv.def_vmap
     def conv_vmap(axis_size: int, in_batched: Sequence[bool], x: jax.Array, kernel: jax.Array) -> Any:
@@ -71,9 +81,14 @@ def _batchable_conv(padding: Padding) -> Callable[[jax.Array, jax.Array], jax.Ar
     return conv
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def conv2d(
-    x: jax.Array, kernel: jax.Array, padding: Padding, kernel_grad_chunks: int = 1, taps: bool = False
+    x: jax.Array,
+    kernel: jax.Array,
+    padding: Padding,
+    kernel_grad_chunks: int = 1,
+    taps: bool = False,
+    library: str = "xla",
 ) -> jax.Array:
     """Stride-1 NHWC/HWIO convolution whose two backward convolutions are written
     out in the same canonical NHWC/HWIO form as the forward one.
@@ -83,33 +98,39 @@ def conv2d(
     autodiff's backward convolutions in a transposed layout that its fast kernels do
     not take, and a cnn2_2x2 step ran 7x slower; written out, they stay fast.
 
-    Two options trade the bits for speed (the same values up to float32 rounding;
+    Three options trade the bits for speed (the same values up to float32 rounding;
     docs/PERFORMANCE.md has what each buys): `kernel_grad_chunks` > 1 computes the
-    kernel gradient over slices of the batch (`kernel_gradient`), and `taps` computes
-    the forward convolution of a one-channel input as multiply-adds (`taps_conv`).
+    kernel gradient over slices of the batch (`kernel_gradient`), `taps` computes
+    the forward convolution of a one-channel input as multiply-adds (`taps_conv`), and
+    `library='onednn'` runs the convolutions and the kernel gradient on oneDNN
+    (`fmnist_jax.onednn`; `kernel_grad_chunks` then has nothing to slice).
     """
-    return _forward(x, kernel, padding, taps)
+    return _forward(x, kernel, padding, taps, library)
 
 
-def _forward(x: jax.Array, kernel: jax.Array, padding: Padding, taps: bool) -> jax.Array:
-    return taps_conv(x, kernel, padding) if taps and x.shape[-1] == 1 else _conv(x, kernel, padding)
+def _forward(x: jax.Array, kernel: jax.Array, padding: Padding, taps: bool, library: str) -> jax.Array:
+    if taps and x.shape[-1] == 1:
+        return taps_conv(x, kernel, padding)
+    return _conv(x, kernel, padding, library)
 
 
 def _conv2d_fwd(
-    x: jax.Array, kernel: jax.Array, padding: Padding, kernel_grad_chunks: int, taps: bool
+    x: jax.Array, kernel: jax.Array, padding: Padding, kernel_grad_chunks: int, taps: bool, library: str
 ) -> tuple[jax.Array, Any]:
-    return _forward(x, kernel, padding, taps), (x, kernel)
+    return _forward(x, kernel, padding, taps, library), (x, kernel)
 
 
 def _conv2d_bwd(
-    padding: Padding, kernel_grad_chunks: int, taps: bool, residuals: Any, g: jax.Array
+    padding: Padding, kernel_grad_chunks: int, taps: bool, library: str, residuals: Any, g: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
     x, kernel = residuals
     kh, kw = kernel.shape[:2]
     (top, bottom), (left, right) = padding
     # d/dx: correlate g with the flipped kernel, in and out channels swapped.
     flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
-    dx = _conv(g, flipped, ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right)))
+    dx = _conv(g, flipped, ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right)), library)
+    if library == "onednn":
+        return dx, onednn.kernel_gradient(x, g, padding).astype(kernel.dtype)
     return dx, kernel_gradient(x, g, padding, kernel_grad_chunks)
 
 
@@ -166,10 +187,12 @@ def conv_general_dilated(
     precision: Any = None,
     kernel_grad_chunks: int = 1,
     taps: bool = False,
+    library: str = "xla",
 ) -> jax.Array:
     """nn.Conv's hook: `conv2d` for what our models use (stride 1, no dilation or
     groups, NHWC), `lax.conv_general_dilated` for anything else (where
-    `kernel_grad_chunks` and `taps` do not apply)."""
+    `kernel_grad_chunks`, `taps` and `library` do not apply). `library='auto'` is
+    'onednn' where `onednn.usable()`, else 'xla'."""
     plain = (
         tuple(window_strides) == (1, 1)
         and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
@@ -186,7 +209,9 @@ def conv_general_dilated(
         pads = [((k - 1) // 2, k // 2) if padding == "SAME" else (0, 0) for k in sizes]
     else:
         pads = [tuple(p) for p in padding]
-    return conv2d(lhs, rhs, (tuple(pads[0]), tuple(pads[1])), kernel_grad_chunks, taps)
+    if library == "auto":
+        library = "onednn" if onednn.usable() else "xla"
+    return conv2d(lhs, rhs, (tuple(pads[0]), tuple(pads[1])), kernel_grad_chunks, taps, library)
 
 
 def reduce_max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -202,6 +227,8 @@ POOL_OPS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 CONV_OPS: dict[str, Callable[..., jax.Array]] = {
     "custom": conv_general_dilated,  # conv2d with written-out gradients and the per-model vmap rule.
+    "onednn": functools.partial(conv_general_dilated, library="onednn"),  # conv2d on oneDNN.
+    "auto": functools.partial(conv_general_dilated, library="auto"),  # "onednn" where usable, else "custom".
     "lax": lax.conv_general_dilated,  # What autodiff and JAX's own vmap rule make of it.
 }
 

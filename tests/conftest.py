@@ -60,3 +60,9 @@ def operand_dtypes(jaxpr, primitive: str) -> list[tuple[str, ...]]:
                 if hasattr(getattr(sub, "jaxpr", sub), "eqns"):
                     found += operand_dtypes(sub, primitive)
     return found
+
+
+def convolution_input_dtypes(jaxpr) -> list[tuple[str, ...]]:
+    """The two operands' dtypes of each convolution in a jaxpr: XLA's, or oneDNN's (an
+    `ffi_call`, under model.conv_op='auto' where oneDNN loads)."""
+    return [d[:2] for name in ("conv_general_dilated", "ffi_call") for d in operand_dtypes(jaxpr, name)]

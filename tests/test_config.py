@@ -172,7 +172,12 @@ def test_values_at_the_limits_are_accepted(overrides):
         ("mlp_256", "dropout", 1.5, "config.model.dropout=1.5: rates must be in [0, 1)"),
         ("cnn4", "bn_op", "fast", "config.model.bn_op='fast': expected one of ('fused', 'flax')"),
         ("cnn4", "pool_op", "avg", "config.model.pool_op='avg': expected one of ('maxima', 'reduce_max')"),
-        ("cnn4", "conv_op", "fft", "config.model.conv_op='fft': expected one of ('custom', 'lax')"),
+        (
+            "cnn4",
+            "conv_op",
+            "fft",
+            "config.model.conv_op='fft': expected one of ('custom', 'onednn', 'auto', 'lax')",
+        ),
         ("cnn4", "kernel_grad_chunks", (1, 0), "config.model.kernel_grad_chunks=(1, 0): must be >= 1"),
         (
             "cnn4",

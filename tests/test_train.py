@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import matplotlib.image
 import numpy as np
 import pytest
-from conftest import load_config, operand_dtypes
+from conftest import convolution_input_dtypes, load_config, operand_dtypes
 
 from fmnist_jax import (
     CLASS_NAMES,
@@ -247,7 +247,7 @@ def test_compute_dtype_bfloat16_reaches_the_model_of_a_training_run(splits):
     x = steps.preprocess(batch[0], True)
     jaxpr = jax.make_jaxpr(functools.partial(state.apply_fn, train=False))(variables, x)
     # The convolutions after the first (multiply-adds) and both dense layers.
-    assert operand_dtypes(jaxpr, "conv_general_dilated") == [("bfloat16",) * 3] * 3
+    assert convolution_input_dtypes(jaxpr) == [("bfloat16",) * 2] * 3
     assert operand_dtypes(jaxpr, "dot_general") == [("bfloat16",) * 3] * 2
 
 

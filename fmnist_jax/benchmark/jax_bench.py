@@ -336,7 +336,8 @@ ABLATIONS = {
     "jaxlib_default_flags": "jaxlib's default XLA:CPU flags (YNNPACK also for convolutions, elementwise)",
     "unfused_bn": "batch norm, ReLU and pooling as three steps (flax's BatchNorm), not one fused op",
     "reduce_max_pool": "as unfused_bn, with 2x2 pooling as one reduce-max over a reshaped window",
-    "whole_batch_kernel_grad": "each kernel gradient as one convolution over the whole batch, not in slices",
+    "xla_convs": "XLA's convolutions, not oneDNN's (where model.conv_op='auto' takes oneDNN)",
+    "whole_batch_kernel_grad": "as xla_convs, with each kernel gradient as one convolution over the whole batch",
     "conv_first_layer": "the first convolution (one input channel) as XLA's convolution, not multiply-adds",
     "autodiff_conv": "backward convolutions left to autodiff (lax.conv_general_dilated)",
 }
@@ -344,7 +345,8 @@ ABLATIONS = {
 ABLATION_OVERRIDES = {
     "unfused_bn": "+model.bn_op=flax",
     "reduce_max_pool": "+model.bn_op=flax+model.pool_op=reduce_max",
-    "whole_batch_kernel_grad": "+model.kernel_grad_chunks=(1,1,1,1)",
+    "xla_convs": "+model.conv_op=custom",
+    "whole_batch_kernel_grad": "+model.conv_op=custom+model.kernel_grad_chunks=(1,1,1,1)",
     "conv_first_layer": "+model.taps_conv=False",
     "autodiff_conv": "+model.conv_op=lax+model.kernel_grad_chunks=(1,1,1,1)",
 }
