@@ -37,7 +37,7 @@ def _value_and_vjp(conv, x, k, g):
     [
         ((4, 9, 7, 3), (3, 3, 3, 5), ((1, 1), (1, 1))),  # SAME, odd sizes.
         ((2, 8, 8, 4), (3, 3, 4, 6), ((0, 0), (0, 0))),  # VALID.
-        ((3, 6, 6, 1), (3, 2, 1, 4), ((1, 1), (0, 1))),  # One channel, a 3x2 kernel, uneven padding.
+        ((3, 6, 6, 1), (3, 2, 1, 4), ((2, 0), (0, 1))),  # One channel, a 3x2 kernel, uneven padding.
     ],
 )
 def test_convolution_and_gradients_match_lax(x_shape, k_shape, padding):
