@@ -88,8 +88,10 @@ def load() -> None:
         jax.ffi.register_ffi_target(TARGETS[target], jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
 
 
+@functools.cache
 def unavailable_reason() -> str | None:
-    """None where oneDNN's convolutions load on this machine, else why not."""
+    """None where oneDNN's convolutions load on this machine, else why not (asked once per
+    process: a failed build is not tried again at every convolution)."""
     try:
         load()
     except Unavailable as e:

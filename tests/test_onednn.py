@@ -130,6 +130,24 @@ def test_unbuildable_library_is_one_line_reason(monkeypatch, tmp_path):
     assert list(tmp_path.iterdir()) == [broken]  # Nothing half-written left behind.
 
 
+def test_a_failed_load_is_tried_once_per_process(monkeypatch):
+    """'auto' asks at every convolution it traces; without the library, one failed build."""
+    calls = []
+
+    def failing_load():
+        calls.append(1)
+        raise onednn.Unavailable("no C++ compiler (g++) to build oneDNN's convolutions")
+
+    monkeypatch.setattr(onednn, "load", failing_load)
+    onednn.unavailable_reason.cache_clear()
+    try:
+        assert not onednn.usable() and not onednn.usable()
+        assert onednn.unavailable_reason() == "no C++ compiler (g++) to build oneDNN's convolutions"
+        assert len(calls) == 1
+    finally:
+        onednn.unavailable_reason.cache_clear()
+
+
 @needs_onednn
 def test_build_writes_a_loadable_library_named_by_source_and_jaxlib(monkeypatch, tmp_path):
     monkeypatch.setenv("FMNIST_JAX_ONEDNN_CACHE", str(tmp_path))
