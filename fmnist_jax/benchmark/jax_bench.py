@@ -338,7 +338,7 @@ ABLATIONS = {
     "reduce_max_pool": "as unfused_bn, with 2x2 pooling as one reduce-max over a reshaped window",
     "xla_convs": "XLA's convolutions, not oneDNN's (where model.conv_op='auto' takes oneDNN)",
     "whole_batch_kernel_grad": "as xla_convs, with each kernel gradient as one convolution over the whole batch",
-    "conv_first_layer": "the first convolution (one input channel) as XLA's convolution, not multiply-adds",
+    "conv_first_layer": "the first convolution (one input channel) as a convolution (oneDNN's or XLA's), not multiply-adds",
     "autodiff_conv": "backward convolutions left to autodiff (lax.conv_general_dilated)",
 }
 # The model fields (fmnist_jax/ops.py) that undo a choice; the flags variant is an environment.
