@@ -59,8 +59,13 @@ def build(path: str) -> None:
     command = compile_command("")
     if shutil.which(command[0]) is None:
         raise Unavailable(f"no C++ compiler ({command[0]}) to build oneDNN's convolutions")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
+    except OSError as e:
+        raise Unavailable(
+            f"cannot write oneDNN's convolutions to {os.path.dirname(path)}: {e.strerror}"
+        ) from None
     os.close(fd)
     try:
         done = subprocess.run(compile_command(tmp), capture_output=True, text=True)

@@ -130,6 +130,13 @@ def test_unbuildable_library_is_one_line_reason(monkeypatch, tmp_path):
     assert list(tmp_path.iterdir()) == [broken]  # Nothing half-written left behind.
 
 
+def test_unwritable_cache_is_one_line_reason(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(onednn.Unavailable, match=r"^cannot write oneDNN's convolutions to .*a_file/cache: "):
+        onednn.build(str(blocker / "cache" / "lib.so"))
+
+
 def test_a_failed_load_is_tried_once_per_process(monkeypatch):
     """'auto' asks at every convolution it traces; without the library, one failed build."""
     calls = []
