@@ -2,9 +2,9 @@
 
 `fmnist_jax/csrc/onednn_conv.cc` runs a stride-1 NHWC/HWIO convolution and its kernel
 gradient on oneDNN (the CPU library PyTorch's convolutions use). It is compiled on first
-use against Debian's `libdnnl-dev` (`make data` installs it as root) into
-~/.cache/fmnist_jax/onednn (or $FMNIST_JAX_ONEDNN_CACHE), one file per source and jaxlib
-version, so later processes only load it. `model.conv_op='auto'` (ops.py) takes it on
+use against Debian's `libdnnl-dev` (`make onednn`, part of `make venv`, installs it as
+root) into ~/.cache/fmnist_jax/onednn (or $FMNIST_JAX_ONEDNN_CACHE), one file per source
+and jaxlib version, so later processes only load it. `model.conv_op='auto'` (ops.py) takes it on
 CPU when it builds and loads, and XLA's convolutions otherwise; docs/PERFORMANCE.md has
 what it buys.
 """
@@ -45,10 +45,13 @@ def library_path() -> str:
     return os.path.join(cache_dir(), f"libfmnist_jax_onednn_{digest}.so")
 
 
+def compiler() -> str:
+    return os.environ.get("CXX", "g++")
+
+
 def compile_command(output: str) -> list[str]:
-    compiler = os.environ.get("CXX", "g++")
     return [
-        compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", SOURCE, "-o", output,
+        compiler(), "-O2", "-std=c++17", "-shared", "-fPIC", "-w", SOURCE, "-o", output,
         "-I", jax.ffi.include_dir(), "-ldnnl",
     ]  # fmt: skip
 
@@ -56,9 +59,8 @@ def compile_command(output: str) -> list[str]:
 def build(path: str) -> None:
     """Compiles the library to `path`, through a temporary file renamed into place, so a
     concurrent process never loads half a file."""
-    command = compile_command("")
-    if shutil.which(command[0]) is None:
-        raise Unavailable(f"no C++ compiler ({command[0]}) to build oneDNN's convolutions")
+    if shutil.which(compiler()) is None:
+        raise Unavailable(f"no C++ compiler ({compiler()}) to build oneDNN's convolutions")
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
